@@ -1,0 +1,319 @@
+"""The adapter contract: the only module a provider implementation needs to know.
+
+An adapter speaks one provider's wire protocol and returns normalized values;
+the runtime decides what to store and when. Adapters never import the runtime
+or the storage layer. One adapter instance serves one broker's channel on one
+provider and owns that channel's pooled HTTP session between `start` and
+`close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from aiohttp import web
+
+from leadline.config.providers import ProviderConfig
+
+# Re-exported: an adapter needs to know only this module.
+from leadline.config.vocabulary import Direction as Direction
+from leadline.config.vocabulary import MessageStatus as MessageStatus
+from leadline.config.vocabulary import status_advances as status_advances
+
+# --- normalized values -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A media item. `ref` is the provider's own handle (file id, media id, URL)."""
+
+    kind: str  # image, video, audio, voice, document, sticker, location, contact, ...
+    ref: str | None = None
+    url: str | None = None
+    mime_type: str | None = None
+    file_name: str | None = None
+    caption: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "kind": self.kind,
+            "ref": self.ref,
+            "url": self.url,
+            "mime_type": self.mime_type,
+            "file_name": self.file_name,
+            "caption": self.caption,
+        }
+        cleaned: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
+        if self.extra:
+            cleaned["extra"] = dict(self.extra)
+        return cleaned
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attachment:
+        names = ("ref", "url", "mime_type", "file_name", "caption")
+        return cls(
+            kind=str(data.get("kind", "file")),
+            extra=dict(data.get("extra") or {}),
+            **{n: data.get(n) for n in names},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message a chat user sent to the broker."""
+
+    channel_message_id: str
+    channel_user_id: str
+    text: str | None = None
+    channel_username: str | None = None
+    user_display_name: str | None = None
+    attachments: Sequence[Attachment] = ()
+    sent_at: datetime | None = None
+    reply_to: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """The provider reports what happened to a message we sent."""
+
+    channel_message_id: str
+    status: MessageStatus
+    channel_user_id: str | None = None
+    at: datetime | None = None
+    error: str | None = None
+
+
+InboundEvent = InboundMessage | StatusUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message to send. `ref` is the runtime's stable id for it: it is the same
+    on every retry, so providers that can deduplicate may use it."""
+
+    ref: str
+    channel_user_id: str
+    text: str | None = None
+    attachments: Sequence[Attachment] = ()
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    channel_message_id: str
+    status: MessageStatus = MessageStatus.SENT
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most `count` messages per `per_seconds`."""
+
+    count: float
+    per_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an adapter declares about its provider."""
+
+    media_kinds: frozenset[str] = frozenset()
+    reply_to: bool = False
+    typing_indicator: bool = False
+    mark_read: bool = False
+    webhooks: bool = False
+    polling: bool = False
+    rate_limit: RateLimit | None = None
+    per_chat_rate_limit: RateLimit | None = None
+    messaging_window_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """What the runtime answers an HTTP request with, after the adapter decided."""
+
+    status: int = 200
+    body: str = ""
+    content_type: str = "text/plain"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationEntry:
+    """One stored message as a channel shows it back to a user (web chat history)."""
+
+    ref: str
+    direction: str  # "in" or "out"
+    text: str | None
+    attachments: Sequence[Mapping[str, Any]]
+    status: MessageStatus
+    created_at: datetime
+
+
+# --- errors ------------------------------------------------------------------
+
+
+class AdapterError(Exception):
+    """Base of everything an adapter raises on purpose."""
+
+
+class SendError(AdapterError):
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RetryableSendError(SendError):
+    """Try again later: 429, 5xx, timeouts, connection errors."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentSendError(SendError):
+    """Never retry: blocked by the user, bad request, outside the messaging window."""
+
+
+class RequestRejected(AdapterError):
+    """An inbound request the adapter refuses; `status` is the HTTP answer (4xx)."""
+
+    status: int = 400
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if status is not None:
+            self.status = status
+
+
+class SignatureMissing(RequestRejected):
+    status = 401
+
+
+class SignatureInvalid(RequestRejected):
+    status = 403
+
+
+class MalformedPayload(RequestRejected):
+    status = 400
+
+
+# --- what the runtime offers adapters -----------------------------------------
+
+
+class Inbox(Protocol):
+    """The runtime's side of push channels (long polling, websockets).
+
+    `receive` returns only after the events are committed, so an adapter may
+    acknowledge to its provider or client once it returns.
+    """
+
+    async def receive(self, events: Sequence[InboundEvent]) -> None: ...
+
+    async def conversation(
+        self, channel_user_id: str, limit: int = 200
+    ) -> list[ConversationEntry]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    broker_id: str
+    broker_name: str
+    public_url: str | None = None
+
+
+RouteHandler = Callable[[web.Request, Inbox], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRoute:
+    """An extra HTTP route an adapter serves at `/{adapter name}/{broker_id}{suffix}`."""
+
+    method: str
+    suffix: str
+    handler_name: str
+
+
+# --- the contract ---------------------------------------------------------------
+
+
+class Adapter:
+    """Base class of every provider adapter.
+
+    Subclasses set `name`, `config_model` and `capabilities`, and override what
+    their provider supports; everything not overridden answers "not supported".
+    """
+
+    name: ClassVar[str] = ""
+    config_model: ClassVar[type[ProviderConfig]] = ProviderConfig
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    public_routes: ClassVar[Sequence[PublicRoute]] = ()
+
+    def __init__(self, config: ProviderConfig, context: AdapterContext) -> None:
+        self.config = config
+        self.context = context
+
+    # lifecycle
+    async def start(self) -> None:
+        """Open sessions and check credentials. Raise to mark the channel down."""
+
+    async def close(self) -> None:
+        """Release everything `start` opened. Must be safe to call twice."""
+
+    # inbound
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Check the request's authenticity on the raw bytes; raise SignatureMissing
+        or SignatureInvalid. Fails closed: the default refuses everything."""
+        raise SignatureMissing(f"{self.name} does not accept webhooks")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:
+        """Turn a verified body into events; raise MalformedPayload on garbage."""
+        raise MalformedPayload(f"{self.name} does not accept webhooks")
+
+    def handshake(self, query: Mapping[str, str]) -> HttpReply:
+        """Answer the provider's GET verification request."""
+        raise RequestRejected(f"{self.name} has no webhook handshake", status=405)
+
+    def webhook_reply(self, events: Sequence[InboundEvent]) -> HttpReply:
+        """The body of the 200 that acknowledges a stored delivery."""
+        return HttpReply(200, "ok")
+
+    @property
+    def polls(self) -> bool:
+        """Whether this channel receives by long polling (the runtime then runs `poll`)."""
+        return False
+
+    async def poll(self, inbox: Inbox) -> None:
+        """Long-poll until cancelled, handing updates to `inbox` (polling adapters)."""
+        raise NotImplementedError(f"{self.name} does not poll")
+
+    # outbound
+    async def send(self, message: OutboundMessage) -> SendResult:
+        raise PermanentSendError(f"{self.name} cannot send messages", code="unsupported")
+
+    async def send_typing(self, channel_user_id: str) -> None:
+        """Show a typing indicator; a no-op where the provider has none."""
+
+    async def mark_read(self, channel_user_id: str, channel_message_id: str) -> None:
+        """Mark an inbound message read; a no-op where the provider has none."""
+
+    # webhook management
+    async def set_webhook(self, url: str) -> None:
+        raise NotImplementedError(f"{self.name} has no webhook management")
+
+    async def delete_webhook(self) -> None:
+        raise NotImplementedError(f"{self.name} has no webhook management")
+
+    async def webhook_info(self) -> Mapping[str, Any]:
+        raise NotImplementedError(f"{self.name} has no webhook management")
+
+    # media
+    async def download_media(self, attachment: Attachment) -> bytes:
+        raise NotImplementedError(f"{self.name} cannot download media")

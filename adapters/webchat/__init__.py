@@ -1,0 +1,220 @@
+"""The web chat: a small page on the broker's own site, talking over a websocket.
+
+Frames (JSON text):
+- visitor → server: `{"type":"message","id":ID,"text":...}` (acknowledged with
+  `{"type":"ack","id":ID}` once stored; resending the same id stores nothing new)
+  and `{"type":"received","ids":[...]}` (the replies it has shown: `delivered`).
+- server → visitor: `{"type":"history","messages":[...]}` on connect,
+  `{"type":"message",...}` for each reply, `{"type":"error","reason":...}`.
+
+A reply sent while the visitor has no socket open counts as sent: it is stored,
+and the history frame hands it over at the next connection.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from pydantic import Field
+
+from leadline.adapters.base import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    ConversationEntry,
+    InboundEvent,
+    InboundMessage,
+    Inbox,
+    MessageStatus,
+    OutboundMessage,
+    PublicRoute,
+    SendResult,
+    StatusUpdate,
+)
+from leadline.config.providers import ProviderConfig
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+MAX_FRAME_BYTES = 64 * 1024
+
+
+class WebchatConfig(ProviderConfig):
+    title: str | None = Field(default=None, max_length=200)
+    max_message_chars: int = Field(default=4000, ge=1, le=20000)
+
+
+class FrameError(ValueError):
+    """A frame the visitor's page should not have sent."""
+
+
+class WebchatAdapter(Adapter):
+    name = "webchat"
+    config_model = WebchatConfig
+    capabilities = Capabilities(webhooks=False)
+    public_routes = (
+        PublicRoute("GET", "", "serve_page"),
+        PublicRoute("GET", "/ws", "serve_socket"),
+    )
+
+    def __init__(self, config: ProviderConfig, context: AdapterContext) -> None:
+        super().__init__(config, context)
+        assert isinstance(config, WebchatConfig)
+        self.settings = config
+        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+        self._template = resources.files(__package__).joinpath("page.html").read_text("utf-8")
+
+    async def close(self) -> None:
+        for sockets in list(self._sockets.values()):
+            for ws in list(sockets):
+                await ws.close(code=1001, message=b"server shutting down")
+        self._sockets.clear()
+
+    # --- the page ------------------------------------------------------------
+
+    async def serve_page(self, request: web.Request, inbox: Inbox) -> web.StreamResponse:
+        nonce = secrets.token_urlsafe(16)
+        title = html.escape(self.settings.title or self.context.broker_name)
+        page = (
+            self._template.replace("__TITLE__", title)
+            .replace("__NONCE__", nonce)
+            .replace("__MAX_CHARS__", str(self.settings.max_message_chars))
+        )
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors *"
+        )
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"},
+        )
+
+    # --- the socket ----------------------------------------------------------
+
+    async def serve_socket(self, request: web.Request, inbox: Inbox) -> web.StreamResponse:
+        visitor = request.query.get("visitor", "")
+        if not ID_PATTERN.match(visitor):
+            raise web.HTTPBadRequest(text="query parameter 'visitor' must be 8-64 of A-Za-z0-9_-")
+        _check_origin(request)
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
+        if not ws.can_prepare(request).ok:
+            raise web.HTTPBadRequest(text="this route takes a websocket upgrade")
+        await ws.prepare(request)
+        self._sockets.setdefault(visitor, set()).add(ws)
+        try:
+            history = await inbox.conversation(visitor)
+            await ws.send_json({"type": "history", "messages": [_entry(e) for e in history]})
+            async for frame in ws:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                await self._on_frame(ws, visitor, frame.data, inbox)
+        finally:
+            sockets = self._sockets.get(visitor, set())
+            sockets.discard(ws)
+            if not sockets:
+                self._sockets.pop(visitor, None)
+        return ws
+
+    async def _on_frame(
+        self, ws: web.WebSocketResponse, visitor: str, data: str, inbox: Inbox
+    ) -> None:
+        try:
+            events, ack = self._parse_frame(visitor, data)
+        except FrameError as exc:
+            await ws.send_json({"type": "error", "reason": str(exc)})
+            return
+        try:
+            await inbox.receive(events)
+        except Exception:
+            # Not stored, so not acknowledged: the page resends it on reconnect.
+            log.exception("web chat message of broker %s not stored", self.context.broker_id)
+            await ws.send_json({"type": "error", "id": ack, "reason": "not stored, try again"})
+            return
+        if ack is not None:
+            await ws.send_json({"type": "ack", "id": ack})
+
+    def _parse_frame(self, visitor: str, data: str) -> tuple[list[InboundEvent], str | None]:
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            raise FrameError("frames are JSON objects") from None
+        if not isinstance(frame, dict):
+            raise FrameError("frames are JSON objects")
+        kind = frame.get("type")
+        if kind == "message":
+            message_id, text = frame.get("id"), frame.get("text")
+            if not isinstance(message_id, str) or not ID_PATTERN.match(message_id):
+                raise FrameError("'id' must be 8-64 of A-Za-z0-9_-")
+            if not isinstance(text, str) or not text.strip():
+                raise FrameError("'text' must be a non-empty string")
+            if len(text) > self.settings.max_message_chars:
+                raise FrameError(f"'text' is longer than {self.settings.max_message_chars}")
+            event = InboundMessage(
+                channel_message_id=message_id,
+                channel_user_id=visitor,
+                text=text,
+                sent_at=datetime.now(UTC),
+            )
+            return [event], message_id
+        if kind == "received":
+            ids = frame.get("ids")
+            if not isinstance(ids, list) or not all(
+                isinstance(i, str) and len(i) <= 64 for i in ids
+            ):
+                raise FrameError("'ids' must be a list of message ids")
+            statuses: list[InboundEvent] = [
+                StatusUpdate(i, MessageStatus.DELIVERED, channel_user_id=visitor) for i in ids[:500]
+            ]
+            return statuses, None
+        raise FrameError("unknown frame type")
+
+    # --- outbound --------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        frame = {
+            "type": "message",
+            "id": message.ref,
+            "direction": "out",
+            "text": message.text,
+            "status": MessageStatus.SENT.value,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        for ws in list(self._sockets.get(message.channel_user_id, ())):
+            try:
+                await ws.send_json(frame)
+            except (ConnectionError, RuntimeError):
+                # The socket is closing; the next history frame carries the reply.
+                continue
+        return SendResult(channel_message_id=message.ref)
+
+    def connected(self, visitor: str) -> int:
+        return len(self._sockets.get(visitor, ()))
+
+
+def _entry(entry: ConversationEntry) -> dict[str, Any]:
+    return {
+        "id": entry.ref,
+        "direction": entry.direction,
+        "text": entry.text,
+        "status": entry.status.value,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+def _check_origin(request: web.Request) -> None:
+    """Browsers always send Origin on websockets: refuse other sites' pages."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    host = origin.split("://", 1)[-1]
+    if host != request.host:
+        raise web.HTTPForbidden(text="cross-origin websocket refused")

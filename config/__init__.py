@@ -1,0 +1,1 @@
+"""Process settings and the brokers.toml schema."""

@@ -1,0 +1,126 @@
+"""The brokers.toml schema: one validated, secret-resolved `BrokerConfig` per broker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from leadline.config.providers import ProviderConfig
+from leadline.config.templates import check_template
+
+BROKER_ID_PATTERN = r"^[a-z0-9-]+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Features(_Strict):
+    auto_reply: bool = True
+    typing_indicator: bool = False
+    read_receipts: bool = False
+
+
+class Templates(_Strict):
+    welcome: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _known_variables(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
+
+class RateLimitConfig(_Strict):
+    messages_per_second: float | None = Field(default=None, gt=0)
+    messages_per_minute: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> RateLimitConfig:
+        if self.messages_per_second is None and self.messages_per_minute is None:
+            raise ValueError("give messages_per_second or messages_per_minute")
+        return self
+
+
+class BrokerTable(_Strict):
+    """A broker's table before its providers are validated by their adapters."""
+
+    name: str = Field(min_length=1)
+    timezone: str = "UTC"
+    default_provider: str | None = None
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rate_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
+    features: Features = Features()
+    templates: Templates = Templates()
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        # The value may come from the environment: never quote it back.
+        if not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,3}", value):
+            raise ValueError("not an IANA time zone name (like Europe/Madrid)")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One error in brokers.toml, naming the broker, provider and key it concerns."""
+
+    message: str
+    broker: str | None = None
+    provider: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.broker is not None:
+            where.append(f"broker {self.broker!r}")
+        if self.provider is not None:
+            where.append(f"provider {self.provider!r}")
+        if self.key:
+            where.append(f"key {self.key!r}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    id: str
+    name: str
+    timezone: str
+    default_provider: str | None
+    providers: Mapping[str, ProviderConfig]
+    # Providers that are configured but do not run, with the reason.
+    disabled: Mapping[str, str] = field(default_factory=dict)
+    rate_limits: Mapping[str, RateLimitConfig] = field(default_factory=dict)
+    features: Features = field(default_factory=Features)
+    templates: Templates = field(default_factory=Templates)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokersFile:
+    """The outcome of loading brokers.toml: the valid brokers and every issue found."""
+
+    brokers: Mapping[str, BrokerConfig]
+    issues: tuple[ConfigIssue, ...]
+    # Brokers that could not be loaded at all, by id.
+    invalid: frozenset[str]
+    # Every value that came from the environment: logs must never show them.
+    secrets: frozenset[str] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues

@@ -1,0 +1,38 @@
+"""Process settings: the environment (`LEADLINE_*`) and an optional `.env` file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADLINE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///leadline.db"
+    brokers_file: Path = Path("brokers.toml")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: AnyHttpUrl | None = None
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+    # A folder of drop-in adapter modules, besides `adapters/` and entry points.
+    plugins_dir: Path | None = None
+    # Largest request body a webhook may send.
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level

@@ -1,0 +1,1 @@
+"""The process: HTTP server, pipelines, dispatcher, workers and the CLI."""

@@ -1,0 +1,109 @@
+"""The running channels: one adapter instance per broker and enabled provider.
+
+A channel that fails to start is down with its reason; it never stops the
+others. `/healthz` reports what is here.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from leadline.adapters.base import Adapter, AdapterContext
+from leadline.adapters.registry import Registry
+from leadline.config.brokers import BrokerConfig, BrokersFile
+
+log = logging.getLogger(__name__)
+
+
+class ChannelState(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+    DISABLED = "disabled"
+
+
+@dataclass(slots=True)
+class Channel:
+    broker: BrokerConfig
+    provider: str
+    adapter: Adapter | None
+    state: ChannelState
+    reason: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.broker.id, self.provider
+
+
+class Channels:
+    def __init__(self, channels: Mapping[tuple[str, str], Channel]) -> None:
+        self._channels = dict(channels)
+
+    @classmethod
+    def build(cls, brokers: BrokersFile, registry: Registry, public_url: str | None) -> Channels:
+        channels: dict[tuple[str, str], Channel] = {}
+        for broker in brokers.brokers.values():
+            context = AdapterContext(broker.id, broker.name, public_url)
+            for provider, config in broker.providers.items():
+                adapter_type = registry.get(provider)
+                assert adapter_type is not None  # the loader only accepts known providers
+                adapter = adapter_type(config, context)
+                channels[(broker.id, provider)] = Channel(
+                    broker, provider, adapter, ChannelState.DOWN, "not started"
+                )
+            for provider, reason in broker.disabled.items():
+                channels[(broker.id, provider)] = Channel(
+                    broker, provider, None, ChannelState.DISABLED, reason
+                )
+        return cls(channels)
+
+    def __iter__(self) -> Iterator[Channel]:
+        return iter(self._channels.values())
+
+    def get(self, broker_id: str, provider: str) -> Channel | None:
+        return self._channels.get((broker_id, provider))
+
+    def up(self, broker_id: str, provider: str) -> Adapter | None:
+        channel = self._channels.get((broker_id, provider))
+        if channel is None or channel.state != ChannelState.UP:
+            return None
+        return channel.adapter
+
+    async def start(self) -> None:
+        for channel in self:
+            if channel.adapter is None:
+                log.warning(
+                    "broker %s: provider %s disabled (%s)",
+                    channel.broker.id,
+                    channel.provider,
+                    channel.reason,
+                )
+                continue
+            try:
+                await channel.adapter.start()
+            except Exception as exc:
+                channel.state, channel.reason = ChannelState.DOWN, _describe(exc)
+                log.error(
+                    "broker %s: provider %s failed to start: %s",
+                    channel.broker.id,
+                    channel.provider,
+                    channel.reason,
+                )
+            else:
+                channel.state, channel.reason = ChannelState.UP, None
+
+    async def close(self) -> None:
+        for channel in self:
+            if channel.adapter is None:
+                continue
+            try:
+                await channel.adapter.close()
+            except Exception:
+                log.exception("broker %s: provider %s failed to close", *channel.key)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}" if str(exc) else text

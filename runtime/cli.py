@@ -1,0 +1,138 @@
+"""`leadline`: run the service, check brokers.toml, migrate the database, list adapters."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from aiohttp import web
+from dotenv import dotenv_values
+from pydantic import ValidationError
+
+from leadline.adapters.registry import Registry, discover
+from leadline.config.brokers import BrokersFile
+from leadline.config.loader import load_brokers_file
+from leadline.config.settings import Settings
+from leadline.runtime.http import build_app
+from leadline.runtime.logs import Redactor, configure_logging
+from leadline.storage.engine import DatabaseUrlError, make_engine, safe_url
+from leadline.storage.migrate import current_revision, upgrade
+
+log = logging.getLogger("leadline")
+
+
+def environment() -> Mapping[str, str]:
+    """What `${NAME}` in brokers.toml resolves against: the environment, then `.env`."""
+    from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    return {**from_file, **os.environ}
+
+
+def load(settings: Settings) -> tuple[Registry, BrokersFile]:
+    registry = discover(settings.plugins_dir)
+    brokers = load_brokers_file(settings.brokers_file, registry.config_models(), environment())
+    return registry, brokers
+
+
+def cmd_run(settings: Settings) -> int:
+    redactor = Redactor()
+    configure_logging(settings.log_level, settings.log_format, redactor)
+    registry, brokers = load(settings)
+    redactor.update(brokers.secrets)
+    for issue in brokers.issues:
+        log.error("brokers.toml: %s", issue)
+    if not brokers.brokers:
+        log.error("no valid broker in %s; nothing to run", settings.brokers_file)
+        return 2
+    app = build_app(settings, brokers, registry, redactor)
+    # run_app handles SIGINT/SIGTERM: it stops accepting, lets requests finish,
+    # then runs the cleanup that stops the workers and closes sessions and the database.
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+def cmd_check(settings: Settings) -> int:
+    registry, brokers = load(settings)
+    for problem in registry.problems:
+        print(f"warning: {problem}")
+    for issue in brokers.issues:
+        print(f"error: {issue}")
+    for broker in brokers.brokers.values():
+        running = ", ".join(sorted(broker.providers)) or "none"
+        print(f"broker {broker.id} ({broker.name}): providers {running}")
+        for provider, reason in sorted(broker.disabled.items()):
+            print(f"  {provider} disabled: {reason}")
+    if brokers.issues:
+        print(f"{settings.brokers_file}: {len(brokers.issues)} error(s)")
+        return 1
+    print(f"{settings.brokers_file}: OK")
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings) -> int:
+    async def migrate() -> str | None:
+        engine = make_engine(settings.database_url)
+        try:
+            await upgrade(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(migrate())
+    print(f"{safe_url(settings.database_url)}: at revision {revision}")
+    return 0
+
+
+def cmd_adapters(settings: Settings) -> int:
+    registry = discover(settings.plugins_dir)
+    for entry in sorted(registry.entries.values(), key=lambda e: e.name):
+        print(f"{entry.name:<12} {entry.source:<12} {entry.origin}")
+    for problem in registry.problems:
+        print(f"warning: {problem}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="leadline", description=__doc__)
+    top.add_argument("--brokers", type=Path, help="brokers file (default: LEADLINE_BROKERS_FILE)")
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="start every valid broker's channels")
+    commands.add_parser("check", help="validate brokers.toml; non-zero exit on any error")
+    db = commands.add_parser("db", help="database maintenance")
+    db.add_subparsers(dest="db_command", required=True).add_parser(
+        "upgrade", help="apply the migrations"
+    )
+    commands.add_parser("adapters", help="list the adapters found and where from")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for item in exc.errors(include_input=False, include_url=False):
+            name = "LEADLINE_" + "_".join(str(p) for p in item["loc"]).upper()
+            print(f"error: {name}: {item['msg']}", file=sys.stderr)
+        return 2
+    if args.brokers is not None:
+        settings = settings.model_copy(update={"brokers_file": args.brokers})
+    commands = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "db": cmd_db_upgrade,
+        "adapters": cmd_adapters,
+    }
+    try:
+        return commands[args.command](settings)
+    except DatabaseUrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The aiohttp application: webhooks, the adapters' public routes, and `/healthz`.
+
+Every answer to bad input is a 4xx with a reason in JSON; a failure on our side
+(the database) is a 503, so providers retry. Nothing is acknowledged before it
+is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from leadline.adapters.base import Adapter, HttpReply, PublicRoute, RequestRejected
+from leadline.adapters.registry import Registry
+from leadline.config.brokers import BrokersFile
+from leadline.config.settings import Settings
+from leadline.runtime.channels import Channel, ChannelState
+from leadline.runtime.logs import Redactor
+from leadline.runtime.service import Service, open_service
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", Service)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+def build_app(
+    settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
+) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_headers])
+
+    async def service_context(app: web.Application) -> AsyncIterator[None]:
+        service = await open_service(settings, brokers, registry, redactor)
+        app[SERVICE] = service
+        _announce(settings, service)
+        yield
+        await service.close()
+
+    app.cleanup_ctx.append(service_context)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/webhooks/{broker_id}/{provider}", webhook_post)
+    app.router.add_get("/webhooks/{broker_id}/{provider}", webhook_get)
+    for entry in registry.entries.values():
+        for route in entry.adapter.public_routes:
+            path = f"/{entry.name}/{{broker_id}}{route.suffix}"
+            app.router.add_route(route.method, path, _public_route(entry.name, route))
+    return app
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def _announce(settings: Settings, service: Service) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    log.info("Leadline is listening on %s (health: %s/healthz)", base, base)
+    for channel in service.channels:
+        if channel.state == ChannelState.UP and channel.adapter and channel.adapter.public_routes:
+            log.info(
+                "broker %s: open %s/%s/%s",
+                channel.broker.id,
+                base,
+                channel.provider,
+                channel.broker.id,
+            )
+
+
+def _channel(request: web.Request, provider: str | None = None) -> tuple[Channel, Adapter]:
+    """The running channel a request is for, or the 4xx/503 that explains why not."""
+    service = request.app[SERVICE]
+    broker_id = request.match_info["broker_id"]
+    provider = provider or request.match_info["provider"]
+    channel = service.channels.get(broker_id, provider)
+    if channel is None:
+        if broker_id in service.brokers.invalid:
+            raise web.HTTPNotFound(text=f"broker {broker_id!r} is not running: configuration error")
+        raise web.HTTPNotFound(text=f"no provider {provider!r} for broker {broker_id!r}")
+    if channel.state == ChannelState.DISABLED or channel.adapter is None:
+        raise web.HTTPNotFound(text=f"provider {provider!r} is disabled for broker {broker_id!r}")
+    if channel.state != ChannelState.UP:
+        raise web.HTTPServiceUnavailable(text=f"provider {provider!r} is down; retry later")
+    return channel, channel.adapter
+
+
+def _http_errors_as_json(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error(exc.status, exc.text or exc.reason)
+
+    return wrapped
+
+
+def _reply(reply: HttpReply) -> web.Response:
+    return web.Response(status=reply.status, text=reply.body, content_type=reply.content_type)
+
+
+@_http_errors_as_json
+async def webhook_post(request: web.Request) -> web.StreamResponse:
+    channel, adapter = _channel(request)
+    if not adapter.capabilities.webhooks:
+        return error(404, f"provider {channel.provider!r} does not take webhooks")
+    body = await request.read()  # client_max_size answers 413 past the limit
+    try:
+        adapter.verify(request.headers, body)
+        events = adapter.parse(request.headers, body)
+    except RequestRejected as rejected:
+        return error(rejected.status, rejected.reason)
+    except Exception:
+        log.exception("broker %s: %s could not parse a delivery", *channel.key)
+        return error(400, "payload could not be parsed")
+    try:
+        await request.app[SERVICE].pipeline.ingest(*channel.key, events)
+    except Exception:
+        log.exception("broker %s: %s delivery not stored", *channel.key)
+        return error(503, "not stored; retry later")
+    return _reply(adapter.webhook_reply(events))
+
+
+@_http_errors_as_json
+async def webhook_get(request: web.Request) -> web.StreamResponse:
+    _, adapter = _channel(request)
+    try:
+        return _reply(adapter.handshake(request.query))
+    except RequestRejected as rejected:
+        return error(rejected.status, rejected.reason)
+
+
+def _public_route(provider: str, route: PublicRoute) -> Handler:
+    @_http_errors_as_json
+    async def handler(request: web.Request) -> web.StreamResponse:
+        channel, adapter = _channel(request, provider)
+        inbox = request.app[SERVICE].inbox(*channel.key)
+        serve = getattr(adapter, route.handler_name)
+        return await serve(request, inbox)
+
+    return handler
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    links = [
+        f"/{c.provider}/{c.broker.id}"
+        for c in service.channels
+        if c.state == ChannelState.UP and c.adapter is not None and c.adapter.public_routes
+    ]
+    return web.json_response({"service": "leadline", "pages": links, "health": "/healthz"})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    database = "ok"
+    try:
+        async with service.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        database = f"unreachable: {exc.__class__.__name__}"
+    brokers: dict[str, dict[str, object]] = {}
+    for channel in service.channels:
+        broker = brokers.setdefault(
+            channel.broker.id, {"name": channel.broker.name, "providers": {}}
+        )
+        state: dict[str, str] = {"state": channel.state.value}
+        if channel.reason:
+            state["reason"] = service.redactor.redact(channel.reason)
+        broker["providers"][channel.provider] = state  # type: ignore[index]
+    for broker_id in sorted(service.brokers.invalid):
+        brokers[broker_id] = {"state": "invalid", "reason": "configuration error (leadline check)"}
+    healthy = database == "ok"
+    body = {"status": "ok" if healthy else "degraded", "database": database, "brokers": brokers}
+    return web.json_response(body, status=200 if healthy else 503)

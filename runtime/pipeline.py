@@ -1,0 +1,98 @@
+"""The inbound pipeline: store a delivery's events in one transaction, then wake the workers.
+
+The caller acknowledges to the provider only after `ingest` returns, so a
+delivery is either stored whole or not acknowledged (and redelivered).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from leadline.adapters.base import InboundEvent, InboundMessage, StatusUpdate
+from leadline.storage.leads import ChannelIdentity
+from leadline.storage.messages import (
+    IncomingRow,
+    StatusChange,
+    apply_status,
+    insert_incoming,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    stored: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    statuses_applied: int = 0
+    statuses_unmatched: int = 0
+
+
+def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRow:
+    identity = ChannelIdentity(
+        broker_id=broker_id,
+        provider=provider,
+        channel_user_id=message.channel_user_id,
+        channel_username=message.channel_username,
+        display_name=message.user_display_name,
+    )
+    metadata = dict(message.metadata)
+    if message.reply_to:
+        metadata["reply_to"] = message.reply_to
+    return IncomingRow(
+        identity=identity,
+        channel_message_id=message.channel_message_id,
+        message_text=message.text,
+        attachments=[a.to_json() for a in message.attachments],
+        provider_metadata=metadata,
+        created_at=message.sent_at,
+    )
+
+
+class InboundPipeline:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        on_stored: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._on_stored = on_stored
+
+    async def ingest(
+        self, broker_id: str, provider: str, events: Sequence[InboundEvent]
+    ) -> IngestOutcome:
+        outcome = IngestOutcome()
+        async with self._sessions() as session, session.begin():
+            for event in events:
+                if isinstance(event, InboundMessage):
+                    stored = await insert_incoming(session, to_row(broker_id, provider, event))
+                    if stored is None:
+                        outcome.duplicates += 1
+                    else:
+                        outcome.stored.append(stored.id)
+                else:
+                    await self._apply(session, broker_id, provider, event, outcome)
+        if outcome.stored:
+            self._on_stored()
+        return outcome
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        broker_id: str,
+        provider: str,
+        event: StatusUpdate,
+        outcome: IngestOutcome,
+    ) -> None:
+        change = StatusChange(
+            broker_id, provider, event.channel_message_id, event.status, event.error
+        )
+        if await apply_status(session, change):
+            outcome.statuses_applied += 1
+        else:
+            outcome.statuses_unmatched += 1

@@ -1,0 +1,114 @@
+"""The running service: database, channels and background workers, opened and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from leadline.adapters.base import Adapter
+from leadline.adapters.registry import Registry
+from leadline.config.brokers import BrokersFile
+from leadline.config.settings import Settings
+from leadline.runtime.channels import Channels
+from leadline.runtime.dispatcher import Dispatcher
+from leadline.runtime.inbox import ChannelInbox
+from leadline.runtime.logs import Redactor
+from leadline.runtime.pipeline import InboundPipeline
+from leadline.runtime.replies import ReplyWorker
+from leadline.storage.brokers import BrokerRecord, upsert_brokers
+from leadline.storage.engine import make_engine, make_session_factory, safe_url
+from leadline.storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    brokers: BrokersFile
+    registry: Registry
+    redactor: Redactor
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    channels: Channels
+    pipeline: InboundPipeline
+    replies: ReplyWorker
+    dispatcher: Dispatcher
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _inboxes: dict[tuple[str, str], ChannelInbox] = field(default_factory=dict)
+
+    def inbox(self, broker_id: str, provider: str) -> ChannelInbox:
+        key = (broker_id, provider)
+        if key not in self._inboxes:
+            self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, broker_id, provider)
+        return self._inboxes[key]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.channels.close()
+        await self.engine.dispose()
+
+
+async def open_service(
+    settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
+) -> Service:
+    """Migrate the database, record the brokers, start every channel and the workers."""
+    engine = make_engine(settings.database_url)
+    try:
+        log.info("database %s", safe_url(settings.database_url))
+        await upgrade(engine)
+        sessions = make_session_factory(engine)
+        async with sessions() as session, session.begin():
+            await upsert_brokers(
+                session,
+                (BrokerRecord(b.id, b.name, b.timezone) for b in brokers.brokers.values()),
+            )
+    except BaseException:
+        await engine.dispose()
+        raise
+    public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
+    channels = Channels.build(brokers, registry, public_url)
+    dispatcher = Dispatcher(sessions, channels)
+    replies = ReplyWorker(sessions, brokers.brokers, on_queued=dispatcher.wake)
+    pipeline = InboundPipeline(sessions, on_stored=replies.wake)
+    service = Service(
+        settings,
+        brokers,
+        registry,
+        redactor,
+        engine,
+        sessions,
+        channels,
+        pipeline,
+        replies,
+        dispatcher,
+    )
+    await channels.start()
+    service._tasks = [
+        asyncio.create_task(replies.run(), name="reply-worker"),
+        asyncio.create_task(dispatcher.run(), name="dispatcher"),
+    ]
+    service._tasks.extend(
+        asyncio.create_task(_poll(channel.adapter, service.inbox(*channel.key)), name="poll")
+        for channel in channels
+        if channel.adapter is not None and channel.state == "up" and channel.adapter.polls
+    )
+    return service
+
+
+async def _poll(adapter: Adapter, inbox: ChannelInbox) -> None:
+    try:
+        await adapter.poll(inbox)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("broker %s: %s polling stopped", adapter.context.broker_id, adapter.name)

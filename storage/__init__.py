@@ -1,0 +1,1 @@
+"""SQLModel tables, the engine, the queries and the Alembic migrations."""

@@ -1,0 +1,126 @@
+"""The tables. Their names and columns are a contract (DESIGN.md): tools and tests read them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from leadline.config.vocabulary import Direction, MessageStatus
+from leadline.storage.types import PortableJSON, UTCDateTime, utcnow
+
+# INTEGER PRIMARY KEY on SQLite (its rowid), BIGINT elsewhere.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _enum(enum_type: type) -> sa.Enum:
+    # Plain strings everywhere, never a native PostgreSQL ENUM (STACK.md).
+    return sa.Enum(
+        enum_type,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+def _created() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_type=UTCDateTime,
+        sa_column_kwargs={"server_default": sa.func.now(), "nullable": False},
+    )
+
+
+class Broker(SQLModel, table=True):
+    __tablename__ = "brokers"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str
+    timezone: str = Field(max_length=64)
+    created_at: datetime = _created()
+
+
+class Lead(SQLModel, table=True):
+    __tablename__ = "leads"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    broker_id: str = Field(foreign_key="brokers.id", index=True, max_length=64)
+    name: str | None = None
+    phone: str | None = Field(default=None, max_length=64)
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "[]"},
+    )
+    created_at: datetime = _created()
+
+
+class LeadChannel(SQLModel, table=True):
+    __tablename__ = "lead_channels"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "broker_id", "provider", "channel_user_id", name="uq_lead_channels_identity"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    lead_id: int = Field(foreign_key="leads.id", index=True, sa_type=BigId)
+    broker_id: str = Field(foreign_key="brokers.id", max_length=64)
+    provider: str = Field(max_length=32)
+    channel_user_id: str = Field(max_length=255)
+    channel_username: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _created()
+
+
+class ChatMessage(SQLModel, table=True):
+    """The provider-neutral message, inbound and outbound."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "broker_id",
+            "provider",
+            "direction",
+            "channel_message_id",
+            name="uq_chat_messages_idempotency",
+        ),
+        sa.Index("ix_chat_messages_lead_provider", "lead_id", "provider"),
+        sa.Index("ix_chat_messages_broker_provider", "broker_id", "provider"),
+        sa.Index("ix_chat_messages_provider_user", "provider", "channel_user_id"),
+        # The dispatcher's and the reply worker's scans.
+        sa.Index("ix_chat_messages_outbox", "direction", "status", "send_after"),
+        sa.Index("ix_chat_messages_unhandled", "direction", "handled_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    lead_id: int = Field(foreign_key="leads.id", sa_type=BigId)
+    broker_id: str = Field(foreign_key="brokers.id", max_length=64)
+    provider: str = Field(max_length=32)
+    channel_user_id: str = Field(max_length=255)
+    channel_username: str | None = Field(default=None, max_length=255)
+    channel_message_id: str | None = Field(default=None, max_length=255)
+    message_text: str | None = None
+    direction: Direction = Field(sa_type=_enum(Direction))
+    status: MessageStatus = Field(sa_type=_enum(MessageStatus))
+    provider_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "{}"},
+    )
+    attachments: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "[]"},
+    )
+    ai_response_used: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false(), "nullable": False}
+    )
+    error: str | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0", "nullable": False})
+    send_after: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Inbound rows: when the reply rules ran for it, so a restart resumes the rest.
+    handled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
