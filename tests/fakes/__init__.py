@@ -1,0 +1,1 @@
+"""Stand-ins for providers' HTTP APIs, which no test can reach."""

@@ -1,0 +1,104 @@
+"""A test provider loaded through the plugins folder, the way a hobbyist's adapter is.
+
+Its wire format is small on purpose: a JSON body signed with HMAC-SHA256 in
+`X-Signature`, holding `messages` and `statuses`. Its `send` records what it
+was asked to send and fails on demand, so the pipeline and the dispatcher can
+be tested end to end without a real provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from leadline.adapters.base import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    HttpReply,
+    InboundEvent,
+    InboundMessage,
+    MalformedPayload,
+    MessageStatus,
+    OutboundMessage,
+    PermanentSendError,
+    RetryableSendError,
+    SendResult,
+    SignatureInvalid,
+    SignatureMissing,
+    StatusUpdate,
+)
+from leadline.config.providers import ProviderConfig
+
+
+class SignedConfig(ProviderConfig):
+    secret: SecretStr
+    verify_token: str = "let-me-in"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class SignedAdapter(Adapter):
+    name = "signed"
+    config_model = SignedConfig
+    capabilities = Capabilities(webhooks=True)
+
+    def __init__(self, config: ProviderConfig, context: AdapterContext) -> None:
+        super().__init__(config, context)
+        assert isinstance(config, SignedConfig)
+        self.settings = config
+        self.sent: list[OutboundMessage] = []
+        # Scripted answers for the next sends: "ok", "retry", "retry-after:N", "permanent".
+        self.script: list[str] = []
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        given = headers.get("X-Signature")
+        if not given:
+            raise SignatureMissing("X-Signature header missing")
+        expected = sign(self.settings.secret.get_secret_value(), body)
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise SignatureInvalid("X-Signature does not match")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:
+        try:
+            data = json.loads(body)
+            events: list[InboundEvent] = [_message(m) for m in data.get("messages", [])]
+            events += [
+                StatusUpdate(s["id"], MessageStatus(s["status"])) for s in data.get("statuses", [])
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = f"not a signed-provider delivery: {exc.__class__.__name__}"
+            raise MalformedPayload(reason) from None
+        return events
+
+    def handshake(self, query: Mapping[str, str]) -> HttpReply:
+        if query.get("token") != self.settings.verify_token:
+            raise SignatureInvalid("wrong verify token")
+        return HttpReply(200, query.get("challenge", ""))
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        action = self.script.pop(0) if self.script else "ok"
+        if action == "retry":
+            raise RetryableSendError("provider busy", code="503")
+        if action.startswith("retry-after:"):
+            raise RetryableSendError("slow down", code="429", retry_after=float(action[12:]))
+        if action == "permanent":
+            raise PermanentSendError("user blocked the bot", code="403")
+        self.sent.append(message)
+        return SendResult(channel_message_id=f"sig-{message.ref}")
+
+
+def _message(item: Any) -> InboundMessage:
+    return InboundMessage(
+        channel_message_id=str(item["id"]),
+        channel_user_id=str(item["from"]),
+        text=item.get("text"),
+        user_display_name=item.get("name"),
+    )
