@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,3 +26,9 @@ async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[dict[str, A
 async def count(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as conn:
         return (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()  # noqa: S608
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """A timestamp read with raw SQL: SQLite gives naive text, PostgreSQL aware datetimes."""
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -1,0 +1,139 @@
+"""The web chat's websocket protocol, driven by a real aiohttp websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import ClientWebSocketResponse
+
+from leadline.storage.outbox import QueuedMessage, enqueue
+from tests.conftest import AppHarness, wait_for
+from tests.helpers import rows
+
+VISITOR = "visitor-abcdefgh1234"
+
+
+async def connect(app: AppHarness, visitor: str = VISITOR) -> ClientWebSocketResponse:
+    return await app.client.ws_connect(f"/webchat/demo/ws?visitor={visitor}")
+
+
+async def receive(ws: ClientWebSocketResponse, kind: str) -> dict:
+    """The next frame of this type (others are skipped)."""
+    while True:
+        frame = await asyncio.wait_for(ws.receive_json(), 10)
+        if frame["type"] == kind:
+            return frame
+
+
+async def say(ws: ClientWebSocketResponse, message_id: str, text: str) -> dict:
+    await ws.send_json({"type": "message", "id": message_id, "text": text})
+    return await receive(ws, "ack")
+
+
+async def test_page_is_self_contained_with_the_broker_name_and_a_strict_csp(app: AppHarness):
+    response = await app.client.get("/webchat/demo")
+    assert response.status == 200
+    page = await response.text()
+    assert "<title>Demo Realty</title>" in page
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
+    # No build step and no CDN: the page loads nothing from elsewhere.
+    assert "src=" not in page and "<link" not in page
+
+
+async def test_page_for_a_broker_without_web_chat_is_404(app: AppHarness):
+    assert (await app.client.get("/webchat/acme")).status == 404
+    assert (await app.client.get("/webchat/nobody")).status == 404
+
+
+async def test_new_visitor_gets_empty_history_then_message_is_acked_after_storing(
+    app: AppHarness,
+):
+    ws = await connect(app)
+    assert (await receive(ws, "history"))["messages"] == []
+    ack = await say(ws, "client-msg-0001", "Hola")
+    assert ack["id"] == "client-msg-0001"
+    stored = await rows(app.service.engine, "SELECT * FROM chat_messages WHERE direction = 'in'")
+    assert [(r["channel_message_id"], r["message_text"]) for r in stored] == [
+        ("client-msg-0001", "Hola")
+    ]
+    await ws.close()
+
+
+async def test_welcome_reply_is_pushed_to_the_open_socket(app: AppHarness):
+    ws = await connect(app)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    reply = await receive(ws, "message")
+    assert reply["direction"] == "out"
+    assert reply["text"] == "Hi there! Thanks for writing to Demo Realty."
+    await ws.close()
+
+
+async def test_resending_a_message_id_stores_it_once(app: AppHarness):
+    ws = await connect(app)
+    await receive(ws, "history")
+    for _ in range(3):
+        await say(ws, "client-msg-0001", "Hola")
+    stored = await rows(app.service.engine, "SELECT id FROM chat_messages WHERE direction = 'in'")
+    assert len(stored) == 1
+    await ws.close()
+
+
+async def test_history_on_reconnect_holds_both_sides_in_order(app: AppHarness):
+    ws = await connect(app)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    await receive(ws, "message")
+    await say(ws, "client-msg-0002", "Busco depto")
+    await ws.close()
+    again = await connect(app)
+    history = (await receive(again, "history"))["messages"]
+    assert [(m["direction"], m["text"]) for m in history] == [
+        ("in", "Hola"),
+        ("out", "Hi there! Thanks for writing to Demo Realty."),
+        ("in", "Busco depto"),
+    ]
+    await again.close()
+
+
+async def test_reply_sent_while_offline_arrives_in_history_and_is_marked_delivered(
+    app: AppHarness,
+):
+    ws = await connect(app)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    await receive(ws, "message")
+    await ws.close()
+    lead_id = (await rows(app.service.engine, "SELECT id FROM leads"))[0]["id"]
+    async with app.service.sessions() as session, session.begin():
+        row_id = await enqueue(
+            session,
+            QueuedMessage(lead_id, "demo", "webchat", VISITOR, "An agent will call you."),
+        )
+    app.service.dispatcher.wake()
+
+    async def status_is(expected: str) -> bool:
+        (row,) = await rows(
+            app.service.engine, "SELECT status FROM chat_messages WHERE id = :id", id=row_id
+        )
+        return row["status"] == expected
+
+    await wait_for(lambda: status_is("sent"))
+    again = await connect(app)
+    history = (await receive(again, "history"))["messages"]
+    assert history[-1]["text"] == "An agent will call you."
+    assert history[-1]["id"] == str(row_id)
+    await again.send_json({"type": "received", "ids": [str(row_id)]})
+    await wait_for(lambda: status_is("delivered"))
+    await again.close()
+
+
+async def test_two_visitors_never_see_each_others_messages(app: AppHarness):
+    first = await connect(app, "visitor-one-11111111")
+    await receive(first, "history")
+    await say(first, "client-msg-0001", "private to one")
+    second = await connect(app, "visitor-two-22222222")
+    assert (await receive(second, "history"))["messages"] == []
+    await first.close()
+    await second.close()
