@@ -1,0 +1,286 @@
+"""`leadline` as a real process: the CLI, a clean SIGTERM, a SIGKILL amid traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import DEMO_TOML, PLUGINS, REPO, TEST_ENV
+from tests.fakes.plugins.signed import sign
+from tests.helpers import rows
+
+LEADLINE = str(Path(sys.executable).parent / "leadline")
+
+
+def child_env(tmp_path: Path, database_url: str, port: int = 0) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLINE_")}
+    env.update(TEST_ENV)
+    env.update(
+        LEADLINE_DATABASE_URL=database_url,
+        LEADLINE_BROKERS_FILE=str(tmp_path / "brokers.toml"),
+        LEADLINE_PLUGINS_DIR=str(PLUGINS),
+        LEADLINE_PORT=str(port),
+        LEADLINE_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        [LEADLINE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+# --- the CLI -------------------------------------------------------------------
+
+
+def test_check_accepts_the_repository_brokers_file():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLINE_")}
+    result = run_cli("check", env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broker demo (Demo Realty): providers webchat" in result.stdout
+
+
+def test_check_fails_naming_broker_provider_and_key_without_printing_secrets(tmp_path: Path):
+    (tmp_path / "brokers.toml").write_text(
+        DEMO_TOML + '\n[brokers.acme.providers.webchat]\ncolour = "${ACME_SIGNED_SECRET}"\n'
+    )
+    env = child_env(tmp_path, "sqlite+aiosqlite:///unused.db")
+    del env["DEMO_SIGNED_SECRET"]
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "broker 'demo', provider 'signed', key 'secret': "
+        "environment variable DEMO_SIGNED_SECRET is not set"
+    ) in result.stdout
+    assert "broker 'acme', provider 'webchat', key 'colour'" in result.stdout
+    assert TEST_ENV["ACME_SIGNED_SECRET"] not in result.stdout + result.stderr
+
+
+def test_db_upgrade_migrates_a_new_database(tmp_path: Path, database_url: str):
+    (tmp_path / "brokers.toml").write_text(DEMO_TOML)
+    result = run_cli("db", "upgrade", env=child_env(tmp_path, database_url), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "at revision 0001" in result.stdout
+
+
+def test_bad_setting_is_a_clear_error_naming_the_variable(tmp_path: Path):
+    env = child_env(tmp_path, "sqlite+aiosqlite:///x.db")
+    env["LEADLINE_LOG_FORMAT"] = "xml"
+    result = run_cli("check", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "LEADLINE_LOG_FORMAT" in result.stderr
+
+
+def test_adapters_lists_builtins_and_plugins(tmp_path: Path):
+    result = run_cli("adapters", env=child_env(tmp_path, "sqlite://"), cwd=tmp_path)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["webchat", "builtin"] for line in lines)
+    assert any(line.split()[:2] == ["signed", "plugin"] for line in lines)
+
+
+# --- the running process ---------------------------------------------------------
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[str]
+    base: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+async def start(tmp_path: Path, database_url: str, port: int, name: str = "run") -> Running:
+    log_path = tmp_path / f"{name}.log"
+    process = subprocess.Popen(  # noqa: S603
+        [LEADLINE, "run"],
+        env=child_env(tmp_path, database_url, port),
+        cwd=tmp_path,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = Running(process, f"http://127.0.0.1:{port}", log_path)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            if process.poll() is not None:
+                raise AssertionError(f"leadline exited early:\n{running.log()}")
+            try:
+                async with http.get(running.base + "/healthz") as response:
+                    if response.status == 200:
+                        return running
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"leadline did not become healthy:\n{running.log()}")
+
+
+@pytest.fixture
+async def launch(tmp_path: Path, database_url: str) -> AsyncIterator:
+    (tmp_path / "brokers.toml").write_text(DEMO_TOML)
+    started: list[Running] = []
+
+    async def launch_one(port: int, name: str = "run") -> Running:
+        running = await start(tmp_path, database_url, port, name)
+        started.append(running)
+        return running
+
+    yield launch_one
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+async def test_run_serves_health_and_web_chat_then_stops_cleanly_on_sigterm(
+    launch, unused_tcp_port: int
+):
+    running = await launch(unused_tcp_port)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(running.base + "/healthz") as response:
+            health = await response.json()
+        assert health["brokers"]["demo"]["providers"]["webchat"] == {"state": "up"}
+        async with http.ws_connect(running.base + "/webchat/demo/ws?visitor=proc-visitor-01") as ws:
+            assert (await ws.receive_json())["type"] == "history"
+            await ws.send_json({"type": "message", "id": "proc-msg-0001", "text": "hola"})
+            assert (await ws.receive_json(timeout=10)) == {"type": "ack", "id": "proc-msg-0001"}
+            reply = await ws.receive_json(timeout=10)
+            assert reply["text"] == "Hi there! Thanks for writing to Demo Realty."
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=20) == 0
+    log = running.log()
+    assert f"broker demo: open {running.base}/webchat/demo" in log
+    for secret in TEST_ENV.values():
+        assert secret not in log
+
+
+async def test_process_resumes_replies_a_crash_left_unhandled(
+    launch, unused_tcp_port: int, engine: AsyncEngine
+):
+    """Messages stored and acknowledged but not yet answered when the process died are
+    answered at the next start, once."""
+    running = await launch(unused_tcp_port)
+    running.process.send_signal(signal.SIGSTOP)  # freeze it: nothing gets handled
+    try:
+        async with engine.begin() as conn:
+            for i in range(3):
+                await _raw_inbound(conn, f"frozen-{i}", f"user-{i}")
+    finally:
+        running.process.kill()
+        running.process.wait()
+    await launch(unused_tcp_port, "second")
+    await _until(lambda: _out_statuses(engine), lambda s: s == ["sent"] * 3)
+    handled = await rows(engine, "SELECT handled_at FROM chat_messages WHERE direction = 'in'")
+    assert all(r["handled_at"] is not None for r in handled)
+
+
+async def test_sigkill_under_load_loses_no_acknowledged_message_and_answers_each_once(
+    launch, unused_tcp_port: int, engine: AsyncEngine
+):
+    """Deliveries race a SIGKILL. The 'provider' then redelivers everything it did not see
+    acknowledged (and, to be harsh, everything else too). Every message ends stored once,
+    every lead welcomed once, every reply sent."""
+    running = await launch(unused_tcp_port)
+    secret = TEST_ENV["DEMO_SIGNED_SECRET"]
+    payloads = [
+        json.dumps({"messages": [{"id": f"k{i}", "from": f"lead-{i % 40}", "text": f"#{i}"}]})
+        for i in range(400)
+    ]
+    acknowledged: set[int] = set()
+
+    async def deliver(http: aiohttp.ClientSession, base: str, i: int) -> None:
+        body = payloads[i].encode()
+        headers = {"X-Signature": sign(secret, body)}
+        try:
+            async with http.post(f"{base}/webhooks/demo/signed", data=body, headers=headers) as r:
+                if r.status == 200:
+                    acknowledged.add(i)
+        except aiohttp.ClientError:
+            pass
+
+    async with aiohttp.ClientSession() as http:
+
+        async def kill_midway() -> None:
+            while len(acknowledged) < 100:
+                await asyncio.sleep(0.005)
+            running.process.send_signal(signal.SIGKILL)
+
+        limiter = asyncio.Semaphore(16)
+
+        async def bounded(i: int) -> None:
+            async with limiter:
+                await deliver(http, running.base, i)
+
+        await asyncio.gather(kill_midway(), *(bounded(i) for i in range(400)))
+        running.process.wait()
+        assert 100 <= len(acknowledged) < 400, "the kill should land in the middle of the load"
+        stored = {r["channel_message_id"] for r in await _inbound(engine)}
+        assert {f"k{i}" for i in acknowledged} <= stored  # nothing acknowledged was lost
+
+        second = await launch(unused_tcp_port, "second")
+        await asyncio.gather(*(deliver(http, second.base, i) for i in range(400)))
+    inbound = await _inbound(engine)
+    assert sorted(r["channel_message_id"] for r in inbound) == sorted(f"k{i}" for i in range(400))
+    await _until(lambda: _out_statuses(engine), lambda s: s == ["sent"] * 40)
+    welcomed = await rows(
+        engine, "SELECT channel_user_id FROM chat_messages WHERE direction = 'out'"
+    )
+    assert sorted(r["channel_user_id"] for r in welcomed) == sorted(f"lead-{i}" for i in range(40))
+
+
+async def _inbound(engine: AsyncEngine) -> list[dict]:
+    return await rows(engine, "SELECT * FROM chat_messages WHERE direction = 'in'")
+
+
+async def _out_statuses(engine: AsyncEngine) -> list[str]:
+    found = await rows(engine, "SELECT status FROM chat_messages WHERE direction = 'out'")
+    return [r["status"] for r in found]
+
+
+async def _until(read, holds, timeout: float = 20.0) -> None:
+    value = None
+    for _ in range(int(timeout / 0.1)):
+        value = await read()
+        if holds(value):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never held; last value: {value!r}")
+
+
+async def _raw_inbound(conn, message_id: str, user: str) -> None:
+    from sqlalchemy import text
+
+    lead = await conn.execute(
+        text("INSERT INTO leads (broker_id, tags) VALUES ('demo', '[]') RETURNING id")
+    )
+    lead_id = lead.scalar_one()
+    await conn.execute(
+        text(
+            "INSERT INTO lead_channels (lead_id, broker_id, provider, channel_user_id) "
+            "VALUES (:lead, 'demo', 'signed', :user)"
+        ),
+        {"lead": lead_id, "user": user},
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO chat_messages (lead_id, broker_id, provider, channel_user_id, "
+            "channel_message_id, message_text, direction, status) "
+            "VALUES (:lead, 'demo', 'signed', :user, :mid, 'hi', 'in', 'delivered')"
+        ),
+        {"lead": lead_id, "user": user, "mid": message_id},
+    )
