@@ -18,6 +18,7 @@ from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
     IncomingRow,
     StatusChange,
+    StatusOutcome,
     apply_status,
     insert_incoming,
 )
@@ -30,7 +31,7 @@ class IngestOutcome:
     stored: list[int] = field(default_factory=list)
     duplicates: int = 0
     statuses_applied: int = 0
-    statuses_unmatched: int = 0
+    statuses_kept: int = 0
 
 
 def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRow:
@@ -92,7 +93,8 @@ class InboundPipeline:
         change = StatusChange(
             broker_id, provider, event.channel_message_id, event.status, event.error
         )
-        if await apply_status(session, change):
+        result = await apply_status(session, change)
+        if result == StatusOutcome.APPLIED:
             outcome.statuses_applied += 1
-        else:
-            outcome.statuses_unmatched += 1
+        elif result == StatusOutcome.KEPT:
+            outcome.statuses_kept += 1

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus, status_advances
 from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.leads import ChannelIdentity, ensure_lead
-from leadline.storage.models import ChatMessage
+from leadline.storage.models import ChatMessage, EarlyStatus
 from leadline.storage.types import utcnow
 
 IDEMPOTENCY_KEY = ["broker_id", "provider", "direction", "channel_message_id"]
@@ -81,8 +82,40 @@ def statuses_before(new: MessageStatus) -> list[MessageStatus]:
     return [s for s in MessageStatus if status_advances(s, new)]
 
 
-async def apply_status(session: AsyncSession, change: StatusChange) -> bool:
-    """Move an outbound message forward; False when nothing matched or it is already further."""
+class StatusOutcome(enum.StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"  # the message is already as far or further
+    KEPT = "kept"  # no message has that id yet: kept for when one does
+
+
+async def apply_status(session: AsyncSession, change: StatusChange) -> StatusOutcome:
+    """Move an outbound message forward, never back; keep a report for an unknown id."""
+    if await _advance(session, change):
+        return StatusOutcome.APPLIED
+    known = await session.exec(
+        select(ChatMessage.id).where(
+            col(ChatMessage.broker_id) == change.broker_id,
+            col(ChatMessage.provider) == change.provider,
+            col(ChatMessage.direction) == Direction.OUT,
+            col(ChatMessage.channel_message_id) == change.channel_message_id,
+        )
+    )
+    if known.first() is not None:
+        return StatusOutcome.STALE
+    session.add(
+        EarlyStatus(
+            broker_id=change.broker_id,
+            provider=change.provider,
+            channel_message_id=change.channel_message_id,
+            status=change.status,
+            error=change.error,
+        )
+    )
+    await session.flush()
+    return StatusOutcome.KEPT
+
+
+async def _advance(session: AsyncSession, change: StatusChange) -> bool:
     values: dict[str, Any] = {"status": change.status, "updated_at": utcnow()}
     if change.error is not None:
         values["error"] = change.error
@@ -98,3 +131,22 @@ async def apply_status(session: AsyncSession, change: StatusChange) -> bool:
         .values(**values)
     )
     return result.rowcount > 0
+
+
+async def apply_early_statuses(
+    session: AsyncSession, broker_id: str, provider: str, channel_message_id: str
+) -> None:
+    """Apply the reports that arrived before this id was recorded, then forget them."""
+    where = (
+        col(EarlyStatus.broker_id) == broker_id,
+        col(EarlyStatus.provider) == provider,
+        col(EarlyStatus.channel_message_id) == channel_message_id,
+    )
+    early = (await session.exec(select(EarlyStatus).where(*where))).all()
+    for report in sorted(early, key=lambda r: MessageStatus(r.status).rank):
+        change = StatusChange(
+            broker_id, provider, channel_message_id, MessageStatus(report.status), report.error
+        )
+        await _advance(session, change)
+    if early:
+        await session.exec(sa.delete(EarlyStatus).where(*where))

@@ -124,3 +124,25 @@ class ChatMessage(SQLModel, table=True):
     handled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = _created()
     updated_at: datetime = _created()
+
+
+class EarlyStatus(SQLModel, table=True):
+    """A status report for a message not (yet) known by its provider id.
+
+    It arrives before the send call that produced the id has returned, or it
+    concerns a message sent elsewhere. Kept, not dropped: applied when a send
+    records that id.
+    """
+
+    __tablename__ = "early_statuses"
+    __table_args__ = (
+        sa.Index("ix_early_statuses_message", "broker_id", "provider", "channel_message_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    broker_id: str = Field(max_length=64)
+    provider: str = Field(max_length=32)
+    channel_message_id: str = Field(max_length=255)
+    status: MessageStatus = Field(sa_type=_enum(MessageStatus))
+    error: str | None = None
+    created_at: datetime = _created()

@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus
+from leadline.storage.messages import apply_early_statuses
 from leadline.storage.models import ChatMessage
 from leadline.storage.types import utcnow
 
@@ -111,13 +112,18 @@ async def record_attempt(session: AsyncSession, message_id: int) -> None:
 async def mark_sent(
     session: AsyncSession, message_id: int, channel_message_id: str, status: MessageStatus
 ) -> None:
-    await session.exec(
+    """Record the provider's id, then apply any status report that beat us to it."""
+    result = await session.exec(
         sa.update(ChatMessage)
         .where(col(ChatMessage.id) == message_id, col(ChatMessage.status) == MessageStatus.PENDING)
         .values(
             channel_message_id=channel_message_id, status=status, error=None, updated_at=utcnow()
         )
+        .returning(ChatMessage.broker_id, ChatMessage.provider)
     )
+    found = result.first()
+    if found is not None:
+        await apply_early_statuses(session, found[0], found[1], channel_message_id)
 
 
 async def mark_failed(session: AsyncSession, message_id: int, error: str) -> None:

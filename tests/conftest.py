@@ -41,7 +41,7 @@ PLUGINS = Path(__file__).resolve().parent / "fakes" / "plugins"
 POSTGRES_ADMIN = os.environ.get(
     "LEADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-TABLES = ("chat_messages", "lead_channels", "leads", "brokers")
+TABLES = ("early_statuses", "chat_messages", "lead_channels", "leads", "brokers")
 
 
 def under_ci() -> bool:

@@ -14,7 +14,13 @@ from leadline.config.vocabulary import MessageStatus
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory
 from leadline.storage.leads import ChannelIdentity, ensure_lead
-from leadline.storage.messages import IncomingRow, StatusChange, apply_status, insert_incoming
+from leadline.storage.messages import (
+    IncomingRow,
+    StatusChange,
+    StatusOutcome,
+    apply_status,
+    insert_incoming,
+)
 from leadline.storage.migrate import current_revision, upgrade
 from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import QueuedMessage, enqueue, mark_sent
@@ -193,18 +199,19 @@ async def test_status_changes_are_monotonic_and_failed_is_terminal(
         row_id = await enqueue(session, QueuedMessage(lead_id, "demo", "webchat", "u1", "x"))
         await mark_sent(session, row_id, "p-1", MessageStatus.SENT)
 
-    async def change(status: MessageStatus) -> bool:
+    async def change(status: MessageStatus) -> StatusOutcome:
         async with sessions() as session, session.begin():
             return await apply_status(
                 session, StatusChange("demo", "webchat", "p-1", status, error=None)
             )
 
-    assert await change(MessageStatus.DELIVERED)
-    assert not await change(MessageStatus.SENT)
-    assert not await change(MessageStatus.DELIVERED)
-    assert await change(MessageStatus.FAILED)
-    assert not await change(MessageStatus.READ)
-    assert not await change(MessageStatus.DELIVERED)
+    applied, stale = StatusOutcome.APPLIED, StatusOutcome.STALE
+    assert await change(MessageStatus.DELIVERED) == applied
+    assert await change(MessageStatus.SENT) == stale
+    assert await change(MessageStatus.DELIVERED) == stale
+    assert await change(MessageStatus.FAILED) == applied
+    assert await change(MessageStatus.READ) == stale
+    assert await change(MessageStatus.DELIVERED) == stale
 
 
 async def test_brokers_upsert_updates_and_never_deletes(
@@ -255,3 +262,34 @@ async def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_
     finally:
         for e in engines:
             await e.dispose()
+
+
+async def test_status_before_the_send_returned_is_kept_then_applied(
+    sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
+):
+    async with sessions() as session, session.begin():
+        lead_id = await ensure_lead(session, ChannelIdentity("demo", "webchat", "u1"))
+        row_id = await enqueue(session, QueuedMessage(lead_id, "demo", "webchat", "u1", "x"))
+    early = StatusChange("demo", "webchat", "p-9", MessageStatus.DELIVERED)
+    async with sessions() as session, session.begin():
+        assert await apply_status(session, early) == StatusOutcome.KEPT
+    assert await count(engine, "early_statuses") == 1
+    async with sessions() as session, session.begin():
+        await mark_sent(session, row_id, "p-9", MessageStatus.SENT)
+    (row,) = await rows(engine, "SELECT status FROM chat_messages WHERE id = :id", id=row_id)
+    assert row["status"] == "delivered"
+    assert await count(engine, "early_statuses") == 0
+
+
+async def test_stale_status_for_a_known_message_is_not_kept(
+    sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
+):
+    async with sessions() as session, session.begin():
+        lead_id = await ensure_lead(session, ChannelIdentity("demo", "webchat", "u1"))
+        row_id = await enqueue(session, QueuedMessage(lead_id, "demo", "webchat", "u1", "x"))
+        await mark_sent(session, row_id, "p-1", MessageStatus.SENT)
+        read = StatusChange("demo", "webchat", "p-1", MessageStatus.READ)
+        assert await apply_status(session, read) == StatusOutcome.APPLIED
+        sent = StatusChange("demo", "webchat", "p-1", MessageStatus.SENT)
+        assert await apply_status(session, sent) == StatusOutcome.STALE
+    assert await count(engine, "early_statuses") == 0

@@ -293,17 +293,6 @@ async def test_conversation_renders_to_a_screenshot(
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "adapters/webchat/__init__.py WebchatAdapter.send pushes the reply to the open "
-        "socket before the dispatcher records the row as sent (runtime/dispatcher.py "
-        "Dispatcher.deliver -> mark_sent sets channel_message_id afterwards); a 'received' "
-        "frame that arrives in between matches no row (runtime/pipeline.py -> "
-        "storage/messages.py apply_status filters on channel_message_id, still NULL) and "
-        "is dropped, so the reply stays 'sent' although the visitor saw it"
-    ),
-)
 async def test_reply_shown_live_is_delivered_even_when_marking_it_sent_is_slow(
     app: AppHarness, context: BrowserContext, monkeypatch: pytest.MonkeyPatch
 ):

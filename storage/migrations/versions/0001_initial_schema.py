@@ -161,8 +161,41 @@ def upgrade() -> None:
     with op.batch_alter_table("lead_channels", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_lead_channels_lead_id"), ["lead_id"], unique=False)
 
+    op.create_table(
+        "early_statuses",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("broker_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("provider", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column(
+            "channel_message_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False
+        ),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "pending",
+                "sent",
+                "delivered",
+                "read",
+                "failed",
+                name="messagestatus",
+                native_enum=False,
+                length=16,
+            ),
+            nullable=False,
+        ),
+        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("created_at", UTCDateTime(), server_default=sa.func.now(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "ix_early_statuses_message",
+        "early_statuses",
+        ["broker_id", "provider", "channel_message_id"],
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("early_statuses")
     with op.batch_alter_table("lead_channels", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_lead_channels_lead_id"))
 
