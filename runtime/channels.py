@@ -96,7 +96,7 @@ class Channels:
 
     async def close(self) -> None:
         for channel in self:
-            if channel.adapter is None:
+            if channel.adapter is None or channel.state == ChannelState.DISABLED:
                 continue
             try:
                 await channel.adapter.close()

@@ -43,7 +43,13 @@ def build_app(
         yield
         await service.close()
 
+    async def stop_service(app: web.Application) -> None:
+        # Before aiohttp waits for open requests: close the web chat's sockets,
+        # which would otherwise hold the shutdown for its whole timeout.
+        await app[SERVICE].stop()
+
     app.cleanup_ctx.append(service_context)
+    app.on_shutdown.append(stop_service)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/webhooks/{broker_id}/{provider}", webhook_post)

@@ -48,13 +48,21 @@ class Service:
             self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, broker_id, provider)
         return self._inboxes[key]
 
-    async def close(self) -> None:
-        for task in self._tasks:
+    async def stop(self) -> None:
+        """Stop the workers (in-flight sends finish), then close every channel.
+
+        Called at shutdown while the database is still open; safe to call twice.
+        """
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.channels.close()
+
+    async def close(self) -> None:
+        await self.stop()
         await self.engine.dispose()
 
 

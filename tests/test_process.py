@@ -169,6 +169,21 @@ async def test_run_serves_health_and_web_chat_then_stops_cleanly_on_sigterm(
         assert secret not in log
 
 
+async def test_sigterm_with_an_open_web_chat_socket_still_exits_promptly(
+    launch, unused_tcp_port: int
+):
+    running = await launch(unused_tcp_port)
+    url = running.base + "/webchat/demo/ws?visitor=proc-visitor-02"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        assert (await ws.receive_json())["type"] == "history"
+        started = asyncio.get_running_loop().time()
+        running.process.send_signal(signal.SIGTERM)
+        closing = await ws.receive(timeout=10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert running.process.wait(timeout=10) == 0
+    assert asyncio.get_running_loop().time() - started < 10
+
+
 async def test_process_resumes_replies_a_crash_left_unhandled(
     launch, unused_tcp_port: int, engine: AsyncEngine
 ):
