@@ -17,6 +17,7 @@ from leadline.adapters.base import InboundEvent, InboundMessage, StatusUpdate
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
     IncomingRow,
+    LeadCache,
     StatusChange,
     StatusOutcome,
     apply_status,
@@ -68,10 +69,12 @@ class InboundPipeline:
         self, broker_id: str, provider: str, events: Sequence[InboundEvent]
     ) -> IngestOutcome:
         outcome = IngestOutcome()
+        leads: LeadCache = {}
         async with self._sessions() as session, session.begin():
             for event in events:
                 if isinstance(event, InboundMessage):
-                    stored = await insert_incoming(session, to_row(broker_id, provider, event))
+                    row = to_row(broker_id, provider, event)
+                    stored = await insert_incoming(session, row, leads)
                     if stored is None:
                         outcome.duplicates += 1
                     else:

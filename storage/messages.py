@@ -48,12 +48,27 @@ class StoredMessage:
     lead_id: int
 
 
-async def insert_incoming(session: AsyncSession, row: IncomingRow) -> StoredMessage | None:
-    """Insert one inbound message; None when it was stored before (a redelivery)."""
-    lead_id = await ensure_lead(session, row.identity)
+# Lead ids already resolved in this transaction, by (broker, provider, channel user).
+LeadCache = dict[tuple[str, str, str], int]
+
+
+async def insert_incoming(
+    session: AsyncSession, row: IncomingRow, leads: LeadCache | None = None
+) -> StoredMessage | None:
+    """Insert one inbound message; None when it was stored before (a redelivery).
+
+    A delivery often holds several messages of one user: pass the same `leads`
+    cache for all of them to resolve the lead once.
+    """
+    who = row.identity
+    key = (who.broker_id, who.provider, who.channel_user_id)
+    lead_id = leads.get(key) if leads is not None else None
+    if lead_id is None:
+        lead_id = await ensure_lead(session, who)
+        if leads is not None:
+            leads[key] = lead_id
     table = ChatMessage.__table__  # type: ignore[attr-defined]
     now = utcnow()
-    who = row.identity
     result = await session.exec(
         insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY)
         .values(
