@@ -205,6 +205,12 @@ class MalformedPayload(RequestRejected):
     status = 400
 
 
+class EventRejected(RequestRejected):
+    """The runtime refuses to store an event (an id that is no id, a wrong type)."""
+
+    status = 400
+
+
 # --- what the runtime offers adapters -----------------------------------------
 
 

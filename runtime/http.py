@@ -34,7 +34,13 @@ def error(status: int, reason: str) -> web.Response:
 def build_app(
     settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_headers])
+    # Bodies are taken as sent: signatures cover the bytes on the wire, and a body that
+    # fails to decompress would otherwise break the connection inside aiohttp.
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_headers],
+        handler_args={"auto_decompress": False},
+    )
 
     async def service_context(app: web.Application) -> AsyncIterator[None]:
         service = await open_service(settings, brokers, registry, redactor)
@@ -121,9 +127,21 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
     channel, adapter = _channel(request)
     if not adapter.capabilities.webhooks:
         return error(404, f"provider {channel.provider!r} does not take webhooks")
-    body = await request.read()  # client_max_size answers 413 past the limit
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return error(415, "compressed request bodies are not accepted")
+    try:
+        body = await request.read()  # client_max_size answers 413 past the limit
+    except web.RequestPayloadError:
+        return error(400, "request body could not be read (bad chunking)")
     try:
         adapter.verify(request.headers, body)
+    except RequestRejected as rejected:
+        return error(rejected.status, rejected.reason)
+    except Exception:
+        # Fail closed: a signature that cannot even be checked is a wrong one.
+        log.exception("broker %s: %s could not check a signature", *channel.key)
+        return error(403, "signature could not be verified")
+    try:
         events = adapter.parse(request.headers, body)
     except RequestRejected as rejected:
         return error(rejected.status, rejected.reason)
@@ -132,6 +150,8 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
         return error(400, "payload could not be parsed")
     try:
         await request.app[SERVICE].pipeline.ingest(*channel.key, events)
+    except RequestRejected as rejected:
+        return error(rejected.status, rejected.reason)
     except Exception:
         log.exception("broker %s: %s delivery not stored", *channel.key)
         return error(503, "not stored; retry later")

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import InboundEvent, InboundMessage, StatusUpdate
+from leadline.runtime.sanitize import clean_events
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
     IncomingRow,
@@ -68,6 +69,8 @@ class InboundPipeline:
     async def ingest(
         self, broker_id: str, provider: str, events: Sequence[InboundEvent]
     ) -> IngestOutcome:
+        """Store a delivery's events; raises EventRejected (nothing stored) when one is unfit."""
+        events = clean_events(events)
         outcome = IngestOutcome()
         leads: LeadCache = {}
         async with self._sessions() as session, session.begin():

@@ -13,6 +13,7 @@ and the history frame hands it over at the next connection.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -30,6 +31,7 @@ from leadline.adapters.base import (
     AdapterContext,
     Capabilities,
     ConversationEntry,
+    EventRejected,
     InboundEvent,
     InboundMessage,
     Inbox,
@@ -43,8 +45,9 @@ from leadline.config.providers import ProviderConfig
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_FRAME_BYTES = 64 * 1024
+CLOSE_TIMEOUT = 2.0  # seconds a closing socket waits for the browser's close frame
 
 
 class WebchatConfig(ProviderConfig):
@@ -73,10 +76,13 @@ class WebchatAdapter(Adapter):
         self._template = resources.files(__package__).joinpath("page.html").read_text("utf-8")
 
     async def close(self) -> None:
-        for sockets in list(self._sockets.values()):
-            for ws in list(sockets):
-                await ws.close(code=1001, message=b"server shutting down")
+        sockets = [ws for group in self._sockets.values() for ws in group]
         self._sockets.clear()
+        # All at once: each close waits (up to CLOSE_TIMEOUT) for the browser's reply.
+        await asyncio.gather(
+            *(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
+            return_exceptions=True,
+        )
 
     # --- the page ------------------------------------------------------------
 
@@ -102,10 +108,12 @@ class WebchatAdapter(Adapter):
 
     async def serve_socket(self, request: web.Request, inbox: Inbox) -> web.StreamResponse:
         visitor = request.query.get("visitor", "")
-        if not ID_PATTERN.match(visitor):
+        if not ID_PATTERN.fullmatch(visitor):
             raise web.HTTPBadRequest(text="query parameter 'visitor' must be 8-64 of A-Za-z0-9_-")
         _check_origin(request)
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME_BYTES)
+        ws = web.WebSocketResponse(
+            heartbeat=30, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT
+        )
         if not ws.can_prepare(request).ok:
             raise web.HTTPBadRequest(text="this route takes a websocket upgrade")
         await ws.prepare(request)
@@ -134,6 +142,9 @@ class WebchatAdapter(Adapter):
             return
         try:
             await inbox.receive(events)
+        except EventRejected as rejected:
+            await ws.send_json({"type": "error", "id": ack, "reason": rejected.reason})
+            return
         except Exception:
             # Not stored, so not acknowledged: the page resends it on reconnect.
             log.exception("web chat message of broker %s not stored", self.context.broker_id)
@@ -145,14 +156,14 @@ class WebchatAdapter(Adapter):
     def _parse_frame(self, visitor: str, data: str) -> tuple[list[InboundEvent], str | None]:
         try:
             frame = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FrameError("frames are JSON objects") from None
         if not isinstance(frame, dict):
             raise FrameError("frames are JSON objects")
         kind = frame.get("type")
         if kind == "message":
             message_id, text = frame.get("id"), frame.get("text")
-            if not isinstance(message_id, str) or not ID_PATTERN.match(message_id):
+            if not isinstance(message_id, str) or not ID_PATTERN.fullmatch(message_id):
                 raise FrameError("'id' must be 8-64 of A-Za-z0-9_-")
             if not isinstance(text, str) or not text.strip():
                 raise FrameError("'text' must be a non-empty string")

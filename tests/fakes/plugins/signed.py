@@ -63,7 +63,8 @@ class SignedAdapter(Adapter):
         if not given:
             raise SignatureMissing("X-Signature header missing")
         expected = sign(self.settings.secret.get_secret_value(), body)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: compare them as bytes.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
             raise SignatureInvalid("X-Signature does not match")
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:
