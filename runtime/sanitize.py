@@ -84,7 +84,7 @@ def _clean_message(message: InboundMessage) -> InboundMessage:
         text=clean_text(message.text, "text"),
         user_display_name=clean_text(message.user_display_name, "user name"),
         reply_to=clean_id(message.reply_to, "reply_to") if message.reply_to else None,
-        attachments=[_clean_attachment(a) for a in message.attachments],
+        attachments=tuple(_clean_attachment(a) for a in message.attachments),
         metadata=clean_json(dict(message.metadata), "metadata"),
     )
 

@@ -39,6 +39,8 @@ from leadline.config.providers import ProviderConfig
 class SignedConfig(ProviderConfig):
     secret: SecretStr
     verify_token: str = "let-me-in"
+    # Makes `start` fail the way a revoked credential would (with the secret in the text).
+    refuse_start: bool = False
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -57,6 +59,11 @@ class SignedAdapter(Adapter):
         self.sent: list[OutboundMessage] = []
         # Scripted answers for the next sends: "ok", "retry", "retry-after:N", "permanent".
         self.script: list[str] = []
+
+    async def start(self) -> None:
+        if self.settings.refuse_start:
+            secret = self.settings.secret.get_secret_value()
+            raise PermissionError(f"credential {secret} was revoked")
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         given = headers.get("X-Signature")
