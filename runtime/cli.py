@@ -51,7 +51,11 @@ def cmd_run(settings: Settings) -> int:
     app = build_app(settings, brokers, registry, redactor)
     # run_app handles SIGINT/SIGTERM: it stops accepting, lets requests finish,
     # then runs the cleanup that stops the workers and closes sessions and the database.
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+        return 2
     return 0
 
 

@@ -77,7 +77,7 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def _announce(settings: Settings, service: Service) -> None:
     base = f"http://{settings.host}:{settings.port}"
-    log.info("Leadline is listening on %s (health: %s/healthz)", base, base)
+    log.info("Leadline starts on %s (health: %s/healthz)", base, base)
     for channel in service.channels:
         if channel.state == ChannelState.UP and channel.adapter and channel.adapter.public_routes:
             log.info(

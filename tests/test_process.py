@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -89,6 +90,25 @@ def test_adapters_lists_builtins_and_plugins(tmp_path: Path):
     lines = result.stdout.splitlines()
     assert any(line.split()[:2] == ["webchat", "builtin"] for line in lines)
     assert any(line.split()[:2] == ["signed", "plugin"] for line in lines)
+
+
+def test_run_on_a_taken_port_exits_with_a_clear_error(tmp_path: Path, unused_tcp_port: int):
+    (tmp_path / "brokers.toml").write_text(DEMO_TOML)
+    env = child_env(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", unused_tcp_port)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", unused_tcp_port))
+        taken.listen()
+        result = run_cli("run", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{unused_tcp_port}" in result.stderr
+
+
+def test_run_with_no_valid_broker_exits_with_a_clear_error(tmp_path: Path):
+    (tmp_path / "brokers.toml").write_text('[brokers.x]\nname = "X"\ntimezone = "Nowhere/Land"\n')
+    result = run_cli("run", env=child_env(tmp_path, "sqlite+aiosqlite:///x.db"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "broker 'x', key 'timezone'" in result.stderr
+    assert "no valid broker" in result.stderr
 
 
 # --- the running process ---------------------------------------------------------
