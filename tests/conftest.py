@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -194,7 +193,7 @@ def load_test_brokers(settings: Settings, env: dict[str, str]) -> tuple[Registry
     return registry, load_brokers_file(settings.brokers_file, registry.config_models(), env)
 
 
-AppFactory = Callable[..., "asyncio.Future[AppHarness]"]
+AppFactory = Callable[..., Awaitable[AppHarness]]
 
 
 @pytest.fixture
@@ -232,6 +231,3 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
-
-
-__all__ = ["TestServer", "web"]
