@@ -29,12 +29,12 @@ from leadline.runtime.channels import Channels, ChannelState
 from leadline.runtime.retry import RetryPolicy
 from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import (
+    claim,
     due_messages,
     mark_failed,
     mark_sent,
     next_due_at,
     postpone,
-    record_attempt,
 )
 from leadline.storage.types import utcnow
 
@@ -124,7 +124,8 @@ class Dispatcher:
             await self._postpone(row.id, f"channel down: {channel.reason}", DOWN_CHANNEL_RETRY)
             return False
         async with self._sessions() as session, session.begin():
-            await record_attempt(session, row.id)
+            if not await claim(session, row.id, row.attempts):
+                return True  # sent, failed or taken by another sender meanwhile
         attempts = row.attempts + 1
         try:
             result = await channel.adapter.send(_outbound(row))

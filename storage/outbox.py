@@ -100,13 +100,23 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
     return (await session.exec(query)).first()
 
 
-async def record_attempt(session: AsyncSession, message_id: int) -> None:
-    """Count an attempt before the provider is called, so a crash mid-call shows on the row."""
-    await session.exec(
+async def claim(session: AsyncSession, message_id: int, attempts_seen: int) -> bool:
+    """Take a pending row for one send attempt, counting the attempt before the call.
+
+    The row is taken only if it is still pending with the attempts the caller
+    read: a second sender holding a stale copy (another cycle, another process)
+    gets False and must not send.
+    """
+    result = await session.exec(
         sa.update(ChatMessage)
-        .where(col(ChatMessage.id) == message_id)
-        .values(attempts=ChatMessage.attempts + 1, updated_at=utcnow())
+        .where(
+            col(ChatMessage.id) == message_id,
+            col(ChatMessage.status) == MessageStatus.PENDING,
+            col(ChatMessage.attempts) == attempts_seen,
+        )
+        .values(attempts=attempts_seen + 1, updated_at=utcnow())
     )
+    return result.rowcount > 0
 
 
 async def mark_sent(

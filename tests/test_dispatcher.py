@@ -20,6 +20,7 @@ from leadline.runtime.dispatcher import Dispatcher
 from leadline.runtime.retry import RetryPolicy
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.leads import ChannelIdentity, ensure_lead
+from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import QueuedMessage, enqueue
 from tests.conftest import DEMO_TOML, TEST_ENV, load_test_brokers, make_settings
 from tests.helpers import as_utc, rows
@@ -164,6 +165,17 @@ async def test_a_retrying_message_holds_back_later_ones_to_the_same_chat_only(wo
     await world.run_cycles(2)
     assert [m.text for m in world.adapter.sent] == ["to someone else", "first", "second"]
     assert (await world.row(first))["status"] == (await world.row(other))["status"] == "sent"
+
+
+async def test_a_stale_copy_of_a_row_is_never_sent_again(world: World):
+    message_id = await world.queue("u1", "hello")
+    async with world.sessions() as session:
+        stale = await session.get(ChatMessage, message_id)
+    assert stale is not None
+    await world.run_cycles()
+    assert await world.dispatcher.deliver(stale)  # as a racing cycle would, with old data
+    assert [m.text for m in world.adapter.sent] == ["hello"]
+    assert (await world.row(message_id))["attempts"] == 1
 
 
 async def test_never_two_sends_in_flight_to_one_chat(world: World):
