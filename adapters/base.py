@@ -88,7 +88,21 @@ class StatusUpdate:
     error: str | None = None
 
 
-InboundEvent = InboundMessage | StatusUpdate
+@dataclass(frozen=True, slots=True)
+class InboundEdit:
+    """A chat user changed a message they sent: the stored original is updated,
+    and the earlier text is kept in its metadata. An edit is not a new message."""
+
+    channel_message_id: str
+    channel_user_id: str
+    text: str | None = None
+    attachments: Sequence[Attachment] = ()
+    edited_at: datetime | None = None
+    channel_username: str | None = None
+    user_display_name: str | None = None
+
+
+InboundEvent = InboundMessage | InboundEdit | StatusUpdate
 
 
 @dataclass(frozen=True, slots=True)

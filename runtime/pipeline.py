@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import InboundEvent, InboundMessage, StatusUpdate
+from leadline.adapters.base import InboundEdit, InboundEvent, InboundMessage, StatusUpdate
 from leadline.runtime.sanitize import clean_events
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
+    EditOutcome,
+    EditRow,
     IncomingRow,
     LeadCache,
     StatusChange,
     StatusOutcome,
+    apply_edit,
     apply_status,
     insert_incoming,
 )
@@ -34,6 +37,7 @@ class IngestOutcome:
     duplicates: int = 0
     statuses_applied: int = 0
     statuses_kept: int = 0
+    edits: int = 0
 
 
 def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRow:
@@ -54,6 +58,23 @@ def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRo
         attachments=[a.to_json() for a in message.attachments],
         provider_metadata=metadata,
         created_at=message.sent_at,
+    )
+
+
+def to_edit(broker_id: str, provider: str, edit: InboundEdit) -> EditRow:
+    identity = ChannelIdentity(
+        broker_id=broker_id,
+        provider=provider,
+        channel_user_id=edit.channel_user_id,
+        channel_username=edit.channel_username,
+        display_name=edit.user_display_name,
+    )
+    return EditRow(
+        identity=identity,
+        channel_message_id=edit.channel_message_id,
+        message_text=edit.text,
+        attachments=[a.to_json() for a in edit.attachments],
+        edited_at=edit.edited_at,
     )
 
 
@@ -81,6 +102,13 @@ class InboundPipeline:
                     if stored is None:
                         outcome.duplicates += 1
                     else:
+                        outcome.stored.append(stored.id)
+                elif isinstance(event, InboundEdit):
+                    edit = to_edit(broker_id, provider, event)
+                    result, stored = await apply_edit(session, edit, leads)
+                    if result == EditOutcome.APPLIED:
+                        outcome.edits += 1
+                    if stored is not None:
                         outcome.stored.append(stored.id)
                 else:
                     await self._apply(session, broker_id, provider, event, outcome)

@@ -15,6 +15,7 @@ from typing import Any
 from leadline.adapters.base import (
     Attachment,
     EventRejected,
+    InboundEdit,
     InboundEvent,
     InboundMessage,
     MessageStatus,
@@ -59,6 +60,17 @@ def clean_json(value: Any, field: str) -> Any:
 def clean_event(event: InboundEvent) -> InboundEvent:
     if isinstance(event, InboundMessage):
         return _clean_message(event)
+    if isinstance(event, InboundEdit):
+        username = clean_text(event.channel_username, "username")
+        return dataclasses.replace(
+            event,
+            channel_message_id=clean_id(event.channel_message_id, "message id"),
+            channel_user_id=clean_id(event.channel_user_id, "user id"),
+            channel_username=username[:MAX_ID] if username else username,
+            text=clean_text(event.text, "text"),
+            user_display_name=clean_text(event.user_display_name, "user name"),
+            attachments=tuple(_clean_attachment(a) for a in event.attachments),
+        )
     if isinstance(event, StatusUpdate):
         if not isinstance(event.status, MessageStatus):
             raise EventRejected("status must be a known message status")

@@ -92,6 +92,69 @@ async def insert_incoming(
     return None if new_id is None else StoredMessage(new_id, lead_id)
 
 
+@dataclass(frozen=True, slots=True)
+class EditRow:
+    """A chat user's edit of a message they sent earlier."""
+
+    identity: ChannelIdentity
+    channel_message_id: str
+    message_text: str | None
+    attachments: Sequence[Mapping[str, Any]] = ()
+    edited_at: datetime | None = None
+
+
+class EditOutcome(enum.StrEnum):
+    APPLIED = "applied"
+    REPEATED = "repeated"  # this very edit was applied before (a redelivery)
+    STORED_NEW = "stored_new"  # the original was never seen: kept as a message
+
+
+async def apply_edit(
+    session: AsyncSession, edit: EditRow, leads: LeadCache
+) -> tuple[EditOutcome, StoredMessage | None]:
+    """Update the original's text, keeping what it said before in `edits`.
+
+    The stored message is returned only when the original was unknown and the
+    edit had to be stored as a message of its own.
+    """
+    who = edit.identity
+    original = (
+        await session.exec(
+            select(ChatMessage).where(
+                col(ChatMessage.broker_id) == who.broker_id,
+                col(ChatMessage.provider) == who.provider,
+                col(ChatMessage.direction) == Direction.IN,
+                col(ChatMessage.channel_message_id) == edit.channel_message_id,
+            )
+        )
+    ).first()
+    stamp = (edit.edited_at or utcnow()).isoformat()
+    if original is None:
+        row = IncomingRow(
+            who,
+            edit.channel_message_id,
+            edit.message_text,
+            edit.attachments,
+            {"edited_at": stamp},
+            edit.edited_at,
+        )
+        return EditOutcome.STORED_NEW, await insert_incoming(session, row, leads)
+    earlier = list(original.provider_metadata.get("edits", []))
+    if any(e.get("edited_at") == stamp for e in earlier):
+        return EditOutcome.REPEATED, None
+    earlier.append(
+        {"text": original.message_text, "attachments": original.attachments, "edited_at": stamp}
+    )
+    original.message_text = edit.message_text
+    if edit.attachments:
+        original.attachments = [dict(a) for a in edit.attachments]
+    original.provider_metadata = {**original.provider_metadata, "edits": earlier}
+    original.updated_at = utcnow()
+    session.add(original)
+    await session.flush()
+    return EditOutcome.APPLIED, None
+
+
 def statuses_before(new: MessageStatus) -> list[MessageStatus]:
     """The stored statuses that `new` may replace."""
     return [s for s in MessageStatus if status_advances(s, new)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import ClientResponse
 
 from tests.conftest import TEST_ENV, AppHarness, wait_for
@@ -208,3 +210,38 @@ async def test_failed_status_is_terminal(app: AppHarness):
         update = delivery(statuses=({"id": reply_id, "status": status},))
         assert (await post(app, update)).status == 200
     assert [r["status"] for r in await out_rows(app)] == ["failed"]
+
+
+async def test_edit_updates_the_original_and_keeps_what_it_said_before(app: AppHarness):
+    assert (await post(app, delivery(message("m1", text="2 rooms")))).status == 200
+    edit = {"edits": [{"id": "m1", "from": "u1", "text": "3 rooms", "at": 1_790_000_000}]}
+    for _ in range(2):  # a redelivered edit is applied once
+        assert (await post(app, edit)).status == 200
+    inbound = await rows(app.service.engine, "SELECT * FROM chat_messages WHERE direction='in'")
+    assert len(inbound) == 1
+    assert inbound[0]["message_text"] == "3 rooms"
+    metadata = inbound[0]["provider_metadata"]
+    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    assert [e["text"] for e in metadata["edits"]] == ["2 rooms"]
+    assert await count(app.service.engine, "leads") == 1
+
+
+async def test_edit_is_never_answered_as_a_new_message(app: AppHarness):
+    assert (await post(app, delivery(message("m1")))).status == 200
+    await wait_for(lambda: all_handled(app))
+    edit = {"edits": [{"id": "m1", "from": "u1", "text": "edited", "at": 1_790_000_000}]}
+    assert (await post(app, edit)).status == 200
+    await wait_for(lambda: all_handled(app))
+
+    async def settled() -> bool:
+        return all(r["status"] != "pending" for r in await out_rows(app))
+
+    await wait_for(settled)
+    assert len(await out_rows(app)) == 1  # the welcome only
+
+
+async def test_edit_of_a_message_never_seen_is_kept_as_a_message(app: AppHarness):
+    edit = {"edits": [{"id": "m9", "from": "u1", "text": "late", "at": 1_790_000_000}]}
+    assert (await post(app, edit)).status == 200
+    inbound = await rows(app.service.engine, "SELECT * FROM chat_messages WHERE direction='in'")
+    assert [(r["channel_message_id"], r["message_text"]) for r in inbound] == [("m9", "late")]

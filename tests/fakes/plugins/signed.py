@@ -1,7 +1,7 @@
 """A test provider loaded through the plugins folder, the way a hobbyist's adapter is.
 
 Its wire format is small on purpose: a JSON body signed with HMAC-SHA256 in
-`X-Signature`, holding `messages` and `statuses`. Its `send` records what it
+`X-Signature`, holding `messages`, `edits` and `statuses`. Its `send` records what it
 was asked to send and fails on demand, so the pipeline and the dispatcher can
 be tested end to end without a real provider.
 """
@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
@@ -21,6 +22,7 @@ from leadline.adapters.base import (
     AdapterContext,
     Capabilities,
     HttpReply,
+    InboundEdit,
     InboundEvent,
     InboundMessage,
     MalformedPayload,
@@ -78,6 +80,7 @@ class SignedAdapter(Adapter):
         try:
             data = json.loads(body)
             events: list[InboundEvent] = [_message(m) for m in data.get("messages", [])]
+            events += [_edit(e) for e in data.get("edits", [])]
             events += [
                 StatusUpdate(s["id"], MessageStatus(s["status"])) for s in data.get("statuses", [])
             ]
@@ -101,6 +104,15 @@ class SignedAdapter(Adapter):
             raise PermanentSendError("user blocked the bot", code="403")
         self.sent.append(message)
         return SendResult(channel_message_id=f"sig-{message.ref}")
+
+
+def _edit(item: Any) -> InboundEdit:
+    return InboundEdit(
+        channel_message_id=str(item["id"]),
+        channel_user_id=str(item["from"]),
+        text=item.get("text"),
+        edited_at=datetime.fromtimestamp(int(item["at"]), UTC),
+    )
 
 
 def _message(item: Any) -> InboundMessage:
