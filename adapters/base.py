@@ -144,6 +144,7 @@ class Capabilities:
     polling: bool = False
     rate_limit: RateLimit | None = None
     per_chat_rate_limit: RateLimit | None = None
+    per_group_rate_limit: RateLimit | None = None
     messaging_window_seconds: int | None = None
 
 
@@ -195,6 +196,15 @@ class PermanentSendError(SendError):
     """Never retry: blocked by the user, bad request, outside the messaging window."""
 
 
+class RecipientMoved(SendError):
+    """The chat lives on under another id (a Telegram group became a supergroup):
+    re-key the recipient and send again."""
+
+    def __init__(self, message: str, *, new_channel_user_id: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.new_channel_user_id = new_channel_user_id
+
+
 class RequestRejected(AdapterError):
     """An inbound request the adapter refuses; `status` is the HTTP answer (4xx)."""
 
@@ -240,6 +250,9 @@ class Inbox(Protocol):
     async def conversation(
         self, channel_user_id: str, limit: int = 200
     ) -> list[ConversationEntry]: ...
+
+    def set_health(self, up: bool, reason: str | None = None) -> None:
+        """Report the channel up, or down with why, for `/healthz`; pollers call it."""
 
 
 @dataclass(frozen=True, slots=True)

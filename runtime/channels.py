@@ -6,6 +6,7 @@ others. `/healthz` reports what is here.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Iterator, Mapping
@@ -72,27 +73,11 @@ class Channels:
         return channel.adapter
 
     async def start(self) -> None:
+        """A first start of every channel, all at once; `supervise` retries the failures."""
         for channel in self:
             if channel.adapter is None:
-                log.warning(
-                    "broker %s: provider %s disabled (%s)",
-                    channel.broker.id,
-                    channel.provider,
-                    channel.reason,
-                )
-                continue
-            try:
-                await channel.adapter.start()
-            except Exception as exc:
-                channel.state, channel.reason = ChannelState.DOWN, _describe(exc)
-                log.error(
-                    "broker %s: provider %s failed to start: %s",
-                    channel.broker.id,
-                    channel.provider,
-                    channel.reason,
-                )
-            else:
-                channel.state, channel.reason = ChannelState.UP, None
+                log.warning("broker %s: provider %s disabled (%s)", *channel.key, channel.reason)
+        await asyncio.gather(*(start_once(c) for c in self if c.adapter is not None))
 
     async def close(self) -> None:
         for channel in self:
@@ -104,6 +89,29 @@ class Channels:
                 log.exception("broker %s: provider %s failed to close", *channel.key)
 
 
-def _describe(exc: BaseException) -> str:
+def mark(channel: Channel, up: bool, reason: str | None = None) -> None:
+    """Record a channel's health; log only the changes."""
+    state = ChannelState.UP if up else ChannelState.DOWN
+    if (state, reason) == (channel.state, channel.reason):
+        return
+    channel.state, channel.reason = state, reason
+    if up:
+        log.info("broker %s: provider %s is up", *channel.key)
+    else:
+        log.error("broker %s: provider %s is down: %s", *channel.key, reason)
+
+
+async def start_once(channel: Channel) -> bool:
+    assert channel.adapter is not None
+    try:
+        await channel.adapter.start()
+    except Exception as exc:
+        mark(channel, False, describe(exc))
+        return False
+    mark(channel, True)
+    return True
+
+
+def describe(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}" if str(exc) else text

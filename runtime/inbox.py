@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import ConversationEntry, InboundEvent, MessageStatus
+from leadline.runtime.channels import Channel, mark
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.storage.conversation import channel_history
 from leadline.storage.models import ChatMessage
@@ -18,16 +19,18 @@ class ChannelInbox:
         self,
         pipeline: InboundPipeline,
         sessions: async_sessionmaker[AsyncSession],
-        broker_id: str,
-        provider: str,
+        channel: Channel,
     ) -> None:
         self._pipeline = pipeline
         self._sessions = sessions
-        self.broker_id = broker_id
-        self.provider = provider
+        self._channel = channel
+        self.broker_id, self.provider = channel.key
 
     async def receive(self, events: Sequence[InboundEvent]) -> None:
         await self._pipeline.ingest(self.broker_id, self.provider, events)
+
+    def set_health(self, up: bool, reason: str | None = None) -> None:
+        mark(self._channel, up, reason)
 
     async def conversation(self, channel_user_id: str, limit: int = 200) -> list[ConversationEntry]:
         async with self._sessions() as session:

@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import Adapter
 from leadline.adapters.registry import Registry
 from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
-from leadline.runtime.channels import Channels
+from leadline.runtime.channels import Channels, ChannelState
 from leadline.runtime.dispatcher import Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.replies import ReplyWorker
+from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import upgrade
@@ -45,7 +45,9 @@ class Service:
     def inbox(self, broker_id: str, provider: str) -> ChannelInbox:
         key = (broker_id, provider)
         if key not in self._inboxes:
-            self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, broker_id, provider)
+            channel = self.channels.get(broker_id, provider)
+            assert channel is not None
+            self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, channel)
         return self._inboxes[key]
 
     async def stop(self) -> None:
@@ -106,17 +108,8 @@ async def open_service(
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
     ]
     service._tasks.extend(
-        asyncio.create_task(_poll(channel.adapter, service.inbox(*channel.key)), name="poll")
-        for channel in channels
-        if channel.adapter is not None and channel.state == "up" and channel.adapter.polls
+        asyncio.create_task(supervise(c, service.inbox(*c.key)), name=f"channel {c.key}")
+        for c in channels
+        if c.adapter is not None and (c.state != ChannelState.UP or c.adapter.polls)
     )
     return service
-
-
-async def _poll(adapter: Adapter, inbox: ChannelInbox) -> None:
-    try:
-        await adapter.poll(inbox)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("broker %s: %s polling stopped", adapter.context.broker_id, adapter.name)
