@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from leadline.config.brokers import (
     BROKER_ID_PATTERN,
@@ -190,9 +190,13 @@ def _load_provider(
     ]
     if not issues:
         try:
-            return model.model_validate(resolved), "", []
+            config = model.model_validate(resolved)
         except ValidationError as exc:
             issues = _issues_from(exc, broker_id, name)
+        else:
+            # Secrets written in the file itself must be masked in logs too.
+            resolver.secrets |= _secret_values(config)
+            return config, "", []
     keys = ", ".join(sorted({i.key or "?" for i in issues}))
     return None, f"configuration error at {keys}", issues
 
@@ -212,6 +216,11 @@ def _enabled(
         return TypeAdapter(bool).validate_python(value), []
     except ValidationError:
         return False, [ConfigIssue("must be true or false", broker_id, name, "enabled")]
+
+
+def _secret_values(config: BaseModel) -> set[str]:
+    values = (getattr(config, name) for name in type(config).model_fields)
+    return {v.get_secret_value() for v in values if isinstance(v, SecretStr) and v}
 
 
 def _cross_checks(

@@ -23,10 +23,12 @@ from leadline.adapters.base import (
     Attachment,
     OutboundMessage,
     PermanentSendError,
+    RecipientMoved,
     RetryableSendError,
 )
 from leadline.runtime.channels import Channels, ChannelState
 from leadline.runtime.retry import RetryPolicy
+from leadline.storage.leads import rekey_channel
 from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import (
     claim,
@@ -127,11 +129,17 @@ class Dispatcher:
             if not await claim(session, row.id, row.attempts):
                 return True  # sent, failed or taken by another sender meanwhile
         attempts = row.attempts + 1
+        adapter = channel.adapter
+        if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
+            await adapter.send_typing(row.channel_user_id)
         try:
-            result = await channel.adapter.send(_outbound(row))
+            result = await adapter.send(_outbound(row))
         except PermanentSendError as exc:
             await self._finish(row.id, failed=_error_text(exc, exc.code))
             return True
+        except RecipientMoved as exc:
+            await self._rekey(row, exc.new_channel_user_id)
+            return False
         except RetryableSendError as exc:
             return await self._retry(row, attempts, _error_text(exc, exc.code), exc.retry_after)
         except Exception as exc:
@@ -151,6 +159,14 @@ class Dispatcher:
         delay = timedelta(seconds=self._policy.delay(attempts, retry_after))
         await self._postpone(row.id, error, delay)
         return False
+
+    async def _rekey(self, row: ChatMessage, new_channel_user_id: str) -> None:
+        """Follow the chat to its new id; the row goes out again at the next cycle."""
+        log.info("chat %s of broker %s moved; re-keyed", row.channel_user_id, row.broker_id)
+        async with self._sessions() as session, session.begin():
+            await rekey_channel(
+                session, row.broker_id, row.provider, row.channel_user_id, new_channel_user_id
+            )
 
     async def _postpone(self, message_id: int, error: str, delay: timedelta) -> None:
         async with self._sessions() as session, session.begin():

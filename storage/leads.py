@@ -9,7 +9,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.storage.dialect import insert_ignoring_conflicts
-from leadline.storage.models import Lead, LeadChannel
+from leadline.storage.models import ChatMessage, Lead, LeadChannel
 from leadline.storage.types import utcnow
 
 
@@ -74,3 +74,30 @@ async def ensure_lead(session: AsyncSession, who: ChannelIdentity) -> int:
     winner = await find_lead_id(session, who)
     assert winner is not None
     return winner
+
+
+async def rekey_channel(
+    session: AsyncSession, broker_id: str, provider: str, old: str, new: str
+) -> None:
+    """A chat moved to a new id (a Telegram group upgraded to a supergroup): the lead
+    and its pending messages follow it."""
+    taken = await session.exec(
+        select(LeadChannel.id).where(
+            LeadChannel.broker_id == broker_id,
+            LeadChannel.provider == provider,
+            LeadChannel.channel_user_id == new,
+        )
+    )
+    if taken.first() is None:
+        await session.exec(
+            sa.update(LeadChannel)
+            .where(col(LeadChannel.broker_id) == broker_id, col(LeadChannel.provider) == provider)
+            .where(col(LeadChannel.channel_user_id) == old)
+            .values(channel_user_id=new)
+        )
+    await session.exec(
+        sa.update(ChatMessage)
+        .where(col(ChatMessage.broker_id) == broker_id, col(ChatMessage.provider) == provider)
+        .where(col(ChatMessage.channel_user_id) == old, col(ChatMessage.status) == "pending")
+        .values(channel_user_id=new)
+    )
