@@ -202,10 +202,12 @@ async def make_app(
 ) -> AppFactory:
     """Start the real application (a loopback server) on a brokers file of the test's choosing."""
 
-    async def start(toml: str = DEMO_TOML, env: dict[str, str] | None = None) -> AppHarness:
+    async def start(
+        toml: str = DEMO_TOML, env: dict[str, str] | None = None, **settings: object
+    ) -> AppHarness:
         brokers_file = tmp_path / "brokers.toml"
         brokers_file.write_text(toml)
-        settings = make_settings(database_url, brokers_file)
+        settings = make_settings(database_url, brokers_file, **settings)
         registry, brokers = load_test_brokers(settings, env if env is not None else TEST_ENV)
         redactor = Redactor(brokers.secrets)
         app = build_app(settings, brokers, registry, redactor)
