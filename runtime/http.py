@@ -19,6 +19,7 @@ from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
 from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
+from leadline.runtime.pipeline import PipelineStopped
 from leadline.runtime.service import Service, open_service
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
         await request.app[SERVICE].pipeline.ingest(*channel.key, events)
     except RequestRejected as rejected:
         return error(rejected.status, rejected.reason)
+    except PipelineStopped:
+        return error(503, "shutting down; retry later")
     except Exception:
         log.exception("broker %s: %s delivery not stored", *channel.key)
         return error(503, "not stored; retry later")

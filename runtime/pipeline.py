@@ -6,6 +6,7 @@ delivery is either stored whole or not acknowledged (and redelivered).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import InboundEdit, InboundEvent, InboundMessage, StatusUpdate
 from leadline.runtime.sanitize import clean_events
+from leadline.storage.bulk import insert_messages
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
     EditOutcome,
@@ -25,7 +27,6 @@ from leadline.storage.messages import (
     StatusOutcome,
     apply_edit,
     apply_status,
-    insert_incoming,
 )
 
 log = logging.getLogger(__name__)
@@ -78,57 +79,155 @@ def to_edit(broker_id: str, provider: str, edit: InboundEdit) -> EditRow:
     )
 
 
+class PipelineStopped(RuntimeError):
+    """The service is shutting down: nothing more is taken (the sender retries)."""
+
+
+@dataclass(slots=True)
+class _Delivery:
+    broker_id: str
+    provider: str
+    events: list[InboundEvent]
+    done: asyncio.Future[IngestOutcome]
+
+
 class InboundPipeline:
+    """Group commit: deliveries that arrive while a transaction runs are stored
+    together in the next one, so the database sees one commit for many webhooks.
+    Each caller still waits for its own delivery's commit before acknowledging.
+
+    Until `start` (or after `stop`) deliveries are stored one transaction each.
+    """
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         on_stored: Callable[[], None],
+        max_batch: int = 500,
     ) -> None:
         self._sessions = sessions
         self._on_stored = on_stored
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Delivery | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name="inbound-writer")
+
+    async def stop(self) -> None:
+        """Store what is queued, then refuse new deliveries."""
+        self._stopping = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
 
     async def ingest(
         self, broker_id: str, provider: str, events: Sequence[InboundEvent]
     ) -> IngestOutcome:
         """Store a delivery's events; raises EventRejected (nothing stored) when one is unfit."""
-        events = clean_events(events)
-        outcome = IngestOutcome()
-        leads: LeadCache = {}
-        async with self._sessions() as session, session.begin():
-            for event in events:
-                if isinstance(event, InboundMessage):
-                    row = to_row(broker_id, provider, event)
-                    stored = await insert_incoming(session, row, leads)
-                    if stored is None:
-                        outcome.duplicates += 1
-                    else:
-                        outcome.stored.append(stored.id)
-                elif isinstance(event, InboundEdit):
-                    edit = to_edit(broker_id, provider, event)
-                    result, stored = await apply_edit(session, edit, leads)
-                    if result == EditOutcome.APPLIED:
-                        outcome.edits += 1
-                    if stored is not None:
-                        outcome.stored.append(stored.id)
-                else:
-                    await self._apply(session, broker_id, provider, event, outcome)
-        if outcome.stored:
-            self._on_stored()
-        return outcome
-
-    async def _apply(
-        self,
-        session: AsyncSession,
-        broker_id: str,
-        provider: str,
-        event: StatusUpdate,
-        outcome: IngestOutcome,
-    ) -> None:
-        change = StatusChange(
-            broker_id, provider, event.channel_message_id, event.status, event.error
+        delivery = _Delivery(
+            broker_id, provider, clean_events(events), asyncio.get_running_loop().create_future()
         )
-        result = await apply_status(session, change)
-        if result == StatusOutcome.APPLIED:
-            outcome.statuses_applied += 1
-        elif result == StatusOutcome.KEPT:
-            outcome.statuses_kept += 1
+        if not delivery.events:
+            return IngestOutcome()
+        if self._stopping:
+            raise PipelineStopped("shutting down")
+        if self._writer is None:
+            await self._commit([delivery])
+        else:
+            self._queue.put_nowait(delivery)
+        return await delivery.done
+
+    async def _write(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, size, last = [first], len(first.events), False
+            while size < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    last = True
+                    break
+                batch.append(item)
+                size += len(item.events)
+            await self._commit(batch)
+            if last:
+                return
+
+    async def _commit(self, batch: list[_Delivery]) -> None:
+        try:
+            outcomes = await self._store(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            # Something in the batch failed: store each delivery alone, so only
+            # the faulty one is refused.
+            for delivery in batch:
+                await self._commit([delivery])
+            return
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            _settle(delivery, outcome)
+        if any(outcome.stored for outcome in outcomes):
+            self._on_stored()
+
+    async def _store(self, batch: list[_Delivery]) -> list[IngestOutcome]:
+        outcomes = [IngestOutcome() for _ in batch]
+        rows: list[IncomingRow] = []
+        owners: list[int] = []
+        for index, delivery in enumerate(batch):
+            for event in delivery.events:
+                if isinstance(event, InboundMessage):
+                    rows.append(to_row(delivery.broker_id, delivery.provider, event))
+                    owners.append(index)
+        async with self._sessions() as session, session.begin():
+            stored = await insert_messages(session, rows)
+            for row, owner in zip(rows, owners, strict=True):
+                key = (row.identity.broker_id, row.identity.provider, row.channel_message_id)
+                message_id = stored.new.pop(key, None)  # a second copy in the batch: duplicate
+                if message_id is None:
+                    outcomes[owner].duplicates += 1
+                else:
+                    outcomes[owner].stored.append(message_id)
+            for delivery, outcome in zip(batch, outcomes, strict=True):
+                await self._apply_others(session, delivery, outcome)
+        return outcomes
+
+    async def _apply_others(
+        self, session: AsyncSession, delivery: _Delivery, outcome: IngestOutcome
+    ) -> None:
+        """Edits and status reports, after the batch's new messages are in."""
+        leads: LeadCache = {}
+        for event in delivery.events:
+            if isinstance(event, InboundEdit):
+                edit = to_edit(delivery.broker_id, delivery.provider, event)
+                result, stored = await apply_edit(session, edit, leads)
+                if result == EditOutcome.APPLIED:
+                    outcome.edits += 1
+                if stored is not None:
+                    outcome.stored.append(stored.id)
+            elif isinstance(event, StatusUpdate):
+                change = StatusChange(
+                    delivery.broker_id,
+                    delivery.provider,
+                    event.channel_message_id,
+                    event.status,
+                    event.error,
+                )
+                result = await apply_status(session, change)
+                if result == StatusOutcome.APPLIED:
+                    outcome.statuses_applied += 1
+                elif result == StatusOutcome.KEPT:
+                    outcome.statuses_kept += 1
+
+
+def _settle(delivery: _Delivery, result: IngestOutcome | BaseException) -> None:
+    if delivery.done.done():  # the caller went away (client disconnected)
+        return
+    if isinstance(result, BaseException):
+        delivery.done.set_exception(result)
+    else:
+        delivery.done.set_result(result)

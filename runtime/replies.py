@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.brokers import BrokerConfig
-from leadline.runtime.rules import MessageFacts, decide
+from leadline.runtime.rules import MessageFacts, Reply, decide
 from leadline.storage.conversation import (
-    get_lead,
-    is_first_inbound,
-    mark_handled,
+    claim_unhandled,
+    first_inbound_ids,
+    lead_names,
     unhandled_inbound,
 )
 from leadline.storage.models import ChatMessage
@@ -65,39 +65,51 @@ class ReplyWorker:
                 batch = await unhandled_inbound(session, BATCH)
             if not batch:
                 return handled
-            for message in batch:
-                if await self._handle(message):
-                    self._on_queued()
-                handled += 1
+            if await self._handle(batch):
+                self._on_queued()
+            handled += len(batch)
 
-    async def _handle(self, message: ChatMessage) -> bool:
-        """Returns whether replies were queued."""
-        assert message.id is not None
+    async def _handle(self, batch: list[ChatMessage]) -> bool:
+        """Run the rules on a batch in one transaction; returns whether replies were queued.
+
+        Only rows this worker claims are answered, so two processes never answer
+        the same message.
+        """
         async with self._sessions() as session, session.begin():
-            if not await mark_handled(session, message.id):
+            claimed = await claim_unhandled(session, [m.id for m in batch if m.id is not None])
+            mine = [m for m in batch if m.id in claimed]
+            answering = [m for m in mine if self._answers(m.broker_id)]
+            if not answering:
                 return False
-            broker = self._brokers.get(message.broker_id)
-            if broker is None:
-                return False  # a broker no longer in brokers.toml: store, never answer
-            lead = await get_lead(session, message.lead_id)
-            facts = MessageFacts(
-                provider=message.provider,
-                lead_name=lead.name if lead else None,
-                first_from_lead=await is_first_inbound(session, message),
-            )
-            replies = decide(broker, facts)
-            for reply in replies:
-                await enqueue(
-                    session,
-                    QueuedMessage(
-                        lead_id=message.lead_id,
-                        broker_id=message.broker_id,
-                        provider=message.provider,
-                        channel_user_id=message.channel_user_id,
-                        channel_username=message.channel_username,
-                        message_text=reply.text,
-                        ai_response_used=False,
-                        provider_metadata={"rule": reply.rule, "in_reply_to": message.id},
-                    ),
+            lead_ids = {m.lead_id for m in answering}
+            names = await lead_names(session, lead_ids)
+            firsts = await first_inbound_ids(session, lead_ids)
+            queued = False
+            for message in answering:
+                facts = MessageFacts(
+                    provider=message.provider,
+                    lead_name=names.get(message.lead_id),
+                    first_from_lead=firsts.get(message.lead_id) == message.id,
                 )
-        return bool(replies)
+                for reply in decide(self._brokers[message.broker_id], facts):
+                    await enqueue(session, _reply_row(message, reply))
+                    queued = True
+        return queued
+
+    def _answers(self, broker_id: str) -> bool:
+        # A broker no longer in brokers.toml: its messages are stored, never answered.
+        broker = self._brokers.get(broker_id)
+        return broker is not None and broker.features.auto_reply
+
+
+def _reply_row(message: ChatMessage, reply: Reply) -> QueuedMessage:
+    return QueuedMessage(
+        lead_id=message.lead_id,
+        broker_id=message.broker_id,
+        provider=message.provider,
+        channel_user_id=message.channel_user_id,
+        channel_username=message.channel_username,
+        message_text=reply.text,
+        ai_response_used=False,
+        provider_metadata={"rule": reply.rule, "in_reply_to": message.id},
+    )

@@ -51,21 +51,32 @@ class Service:
         return self._inboxes[key]
 
     async def stop(self) -> None:
-        """Stop the workers (in-flight sends finish), then close every channel.
+        """Stop taking work, finish what was taken, then close every channel.
 
-        Called at shutdown while the database is still open; safe to call twice.
+        Pollers stop first; queued deliveries are stored; the workers stop (sends
+        under way finish); then the channels close. Safe to call twice.
         """
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        workers = {t for t in tasks if t.get_name() in WORKERS}
+        await _cancel([t for t in tasks if t not in workers])
+        await self.pipeline.stop()
+        await _cancel(list(workers))
         await self.channels.close()
 
     async def close(self) -> None:
         await self.stop()
         await self.engine.dispose()
+
+
+WORKERS = frozenset({"reply-worker", "dispatcher"})
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def open_service(
@@ -102,6 +113,7 @@ async def open_service(
         replies,
         dispatcher,
     )
+    pipeline.start()
     await channels.start()
     service._tasks = [
         asyncio.create_task(replies.run(), name="reply-worker"),

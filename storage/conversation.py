@@ -47,25 +47,29 @@ async def unhandled_inbound(session: AsyncSession, limit: int) -> list[ChatMessa
     return list((await session.exec(query)).all())
 
 
-async def mark_handled(session: AsyncSession, message_id: int) -> bool:
-    """Claim an inbound row for the reply rules; False if it was handled already."""
+async def claim_unhandled(session: AsyncSession, message_ids: list[int]) -> set[int]:
+    """Mark these inbound rows handled; returns those no one had handled yet."""
+    if not message_ids:
+        return set()
     result = await session.exec(
         sa.update(ChatMessage)
-        .where(col(ChatMessage.id) == message_id, col(ChatMessage.handled_at).is_(None))
+        .where(col(ChatMessage.id).in_(message_ids), col(ChatMessage.handled_at).is_(None))
         .values(handled_at=utcnow())
+        .returning(ChatMessage.id)
     )
-    return result.rowcount > 0
+    return set(result.scalars().all())
 
 
-async def is_first_inbound(session: AsyncSession, message: ChatMessage) -> bool:
-    """Whether no earlier inbound message of this lead exists, on any provider."""
-    query = select(sa.func.count()).where(
-        col(ChatMessage.lead_id) == message.lead_id,
-        col(ChatMessage.direction) == Direction.IN,
-        col(ChatMessage.id) < message.id,
+async def first_inbound_ids(session: AsyncSession, lead_ids: set[int]) -> dict[int, int]:
+    """Each lead's first inbound message id, on any provider."""
+    query = (
+        select(ChatMessage.lead_id, sa.func.min(ChatMessage.id))
+        .where(col(ChatMessage.lead_id).in_(lead_ids), col(ChatMessage.direction) == Direction.IN)
+        .group_by(col(ChatMessage.lead_id))
     )
-    return (await session.exec(query)).one() == 0
+    return {lead_id: first for lead_id, first in (await session.exec(query)).all()}
 
 
-async def get_lead(session: AsyncSession, lead_id: int) -> Lead | None:
-    return await session.get(Lead, lead_id)
+async def lead_names(session: AsyncSession, lead_ids: set[int]) -> dict[int, str | None]:
+    query = select(Lead.id, Lead.name).where(col(Lead.id).in_(lead_ids))
+    return {lead_id: name for lead_id, name in (await session.exec(query)).all()}
