@@ -101,10 +101,16 @@ def mark(channel: Channel, up: bool, reason: str | None = None) -> None:
         log.error("broker %s: provider %s is down: %s", *channel.key, reason)
 
 
+START_SECONDS = 30.0  # an API that never answers must not hold the whole process
+
+
 async def start_once(channel: Channel) -> bool:
     assert channel.adapter is not None
     try:
-        await channel.adapter.start()
+        await asyncio.wait_for(channel.adapter.start(), START_SECONDS)
+    except TimeoutError:
+        mark(channel, False, f"start did not finish in {START_SECONDS:.0f} s")
+        return False
     except Exception as exc:
         mark(channel, False, describe(exc))
         return False

@@ -63,13 +63,19 @@ class Dispatcher:
         self._batch = batch
         self._wake = asyncio.Event()
         self._in_flight: dict[Recipient, asyncio.Task[None]] = {}
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Start no new send; `run` returns once the sends under way are done."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         try:
-            while True:
+            while not self._stopping:
                 try:
                     timeout = await self.cycle()
                 except Exception:

@@ -27,7 +27,8 @@ from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import QueuedMessage, enqueue
 
 log = logging.getLogger(__name__)
-BATCH = 100
+BATCH = 500
+SETTLE_SECONDS = 0.01
 
 
 class ReplyWorker:
@@ -41,14 +42,24 @@ class ReplyWorker:
         self._brokers = brokers
         self._on_queued = on_queued
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Finish the batch under way, then return from `run`."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
         self._wake.set()  # resume whatever a previous run left unhandled
-        while True:
+        while not self._stopping:
             await self._wake.wait()
+            if self._stopping:
+                return
+            # Let a burst of deliveries settle: one transaction then answers them all.
+            await asyncio.sleep(SETTLE_SECONDS)
             self._wake.clear()
             try:
                 await self.drain()
@@ -60,7 +71,7 @@ class ReplyWorker:
     async def drain(self) -> int:
         """Handle every unhandled inbound message; returns how many were handled."""
         handled = 0
-        while True:
+        while not self._stopping:
             async with self._sessions() as session:
                 batch = await unhandled_inbound(session, BATCH)
             if not batch:
@@ -68,6 +79,7 @@ class ReplyWorker:
             if await self._handle(batch):
                 self._on_queued()
             handled += len(batch)
+        return handled
 
     async def _handle(self, batch: list[ChatMessage]) -> bool:
         """Run the rules on a batch in one transaction; returns whether replies were queued.

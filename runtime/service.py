@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -54,14 +55,18 @@ class Service:
         """Stop taking work, finish what was taken, then close every channel.
 
         Pollers stop first; queued deliveries are stored; the workers stop (sends
-        under way finish); then the channels close. Safe to call twice.
+        under way finish); then the channels close. Every step is bounded: a step
+        that hangs is logged and left behind, so shutdown always ends. Safe to
+        call twice.
         """
         tasks, self._tasks = self._tasks, []
-        workers = {t for t in tasks if t.get_name() in WORKERS}
+        workers = [t for t in tasks if t.get_name() in WORKERS]
         await _cancel([t for t in tasks if t not in workers])
-        await self.pipeline.stop()
-        await _cancel(list(workers))
-        await self.channels.close()
+        await _bounded(self.pipeline.stop(), "storing queued deliveries")
+        self.replies.stop()
+        self.dispatcher.stop()
+        await _finish(workers)
+        await _bounded(self.channels.close(), "closing the channels")
 
     async def close(self) -> None:
         await self.stop()
@@ -71,12 +76,31 @@ class Service:
 WORKERS = frozenset({"reply-worker", "dispatcher"})
 
 
+STEP_SECONDS = 15.0
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=STEP_SECONDS)
+    for task in stuck:
+        log.warning("shutdown: task %s did not stop in %.0f s", task.get_name(), STEP_SECONDS)
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Let tasks that were asked to stop end on their own, then cancel the late ones."""
+    if tasks:
+        _, late = await asyncio.wait(tasks, timeout=STEP_SECONDS)
+        await _cancel(list(late))
+
+
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, STEP_SECONDS)
+    except TimeoutError:
+        log.warning("shutdown: %s took over %.0f s; going on", what, STEP_SECONDS)
 
 
 async def open_service(
