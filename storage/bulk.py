@@ -107,14 +107,11 @@ async def _create_leads(
          "channel_username": who.channel_username, "created_at": now}
         for who in people
     ]  # fmt: skip
-    won: set[Identity] = set()
-    for chunk in _chunks(channel_rows):
-        inserted = await session.exec(
-            insert_ignoring_conflicts(session, table, ["broker_id", "provider", "channel_user_id"])
-            .values(list(chunk))
-            .returning(table.c.broker_id, table.c.provider, table.c.channel_user_id)
-        )
-        won.update((b, p, u) for b, p, u in inserted.all())
+    statement = insert_ignoring_conflicts(
+        session, table, ["broker_id", "provider", "channel_user_id"]
+    ).returning(table.c.broker_id, table.c.provider, table.c.channel_user_id)
+    inserted = await session.exec(statement, params=channel_rows)
+    won: set[Identity] = {(b, p, u) for b, p, u in inserted.all()}
     lost = [key for key in created if key not in won]
     if lost:  # another process created these chat users' leads first: use theirs
         await session.exec(sa.delete(Lead).where(col(Lead.id).in_([created[k] for k in lost])))
@@ -162,12 +159,11 @@ async def insert_messages(session: AsyncSession, rows: Sequence[IncomingRow]) ->
         }
         for row in rows
     ]
-    new: dict[MessageKey, int] = {}
-    for chunk in _chunks(values):
-        result = await session.exec(
-            insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY)
-            .values(list(chunk))
-            .returning(table.c.id, table.c.broker_id, table.c.provider, table.c.channel_message_id)
-        )
-        new.update({(b, p, m): message_id for message_id, b, p, m in result.all()})
+    # One statement executed for many rows: compiled once and cached, then sent in
+    # multi-row batches by SQLAlchemy ("insertmanyvalues").
+    statement = insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY).returning(
+        table.c.id, table.c.broker_id, table.c.provider, table.c.channel_message_id
+    )
+    result = await session.exec(statement, params=values)
+    new = {(b, p, m): message_id for message_id, b, p, m in result.all()}
     return Stored(new, len(rows) - len(new))
