@@ -18,12 +18,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from leadline.config.brokers import BrokerConfig
 from leadline.runtime.rules import MessageFacts, Reply, decide
 from leadline.storage.conversation import (
+    Unhandled,
     claim_unhandled,
     first_inbound_ids,
     lead_names,
     unhandled_inbound,
 )
-from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import QueuedMessage, enqueue
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,14 @@ class ReplyWorker:
             handled += len(batch)
         return handled
 
-    async def _handle(self, batch: list[ChatMessage]) -> bool:
+    async def _handle(self, batch: list[Unhandled]) -> bool:
         """Run the rules on a batch in one transaction; returns whether replies were queued.
 
         Only rows this worker claims are answered, so two processes never answer
         the same message.
         """
         async with self._sessions() as session, session.begin():
-            claimed = await claim_unhandled(session, [m.id for m in batch if m.id is not None])
+            claimed = await claim_unhandled(session, [m.id for m in batch])
             mine = [m for m in batch if m.id in claimed]
             answering = [m for m in mine if self._answers(m.broker_id)]
             if not answering:
@@ -114,7 +114,7 @@ class ReplyWorker:
         return broker is not None and broker.features.auto_reply
 
 
-def _reply_row(message: ChatMessage, reply: Reply) -> QueuedMessage:
+def _reply_row(message: Unhandled, reply: Reply) -> QueuedMessage:
     return QueuedMessage(
         lead_id=message.lead_id,
         broker_id=message.broker_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -37,14 +39,33 @@ async def channel_history(
     return rows
 
 
-async def unhandled_inbound(session: AsyncSession, limit: int) -> list[ChatMessage]:
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """The little the reply rules need of an inbound message (no full row, no JSON)."""
+
+    id: int
+    lead_id: int
+    broker_id: str
+    provider: str
+    channel_user_id: str
+    channel_username: str | None
+
+
+async def unhandled_inbound(session: AsyncSession, limit: int) -> list[Unhandled]:
     query = (
-        select(ChatMessage)
+        select(
+            ChatMessage.id,
+            ChatMessage.lead_id,
+            ChatMessage.broker_id,
+            ChatMessage.provider,
+            ChatMessage.channel_user_id,
+            ChatMessage.channel_username,
+        )
         .where(col(ChatMessage.direction) == Direction.IN, col(ChatMessage.handled_at).is_(None))
         .order_by(col(ChatMessage.id))
         .limit(limit)
     )
-    return list((await session.exec(query)).all())
+    return [Unhandled(*row) for row in (await session.exec(query)).all()]
 
 
 async def claim_unhandled(session: AsyncSession, message_ids: list[int]) -> set[int]:
