@@ -41,14 +41,20 @@ class IngestOutcome:
     edits: int = 0
 
 
-def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRow:
-    identity = ChannelIdentity(
+def _identity(
+    broker_id: str, provider: str, event: InboundMessage | InboundEdit
+) -> ChannelIdentity:
+    return ChannelIdentity(
         broker_id=broker_id,
         provider=provider,
-        channel_user_id=message.channel_user_id,
-        channel_username=message.channel_username,
-        display_name=message.user_display_name,
+        channel_user_id=event.channel_user_id,
+        channel_username=event.channel_username,
+        display_name=event.user_display_name,
     )
+
+
+def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRow:
+    identity = _identity(broker_id, provider, message)
     metadata = dict(message.metadata)
     if message.reply_to:
         metadata["reply_to"] = message.reply_to
@@ -63,15 +69,8 @@ def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRo
 
 
 def to_edit(broker_id: str, provider: str, edit: InboundEdit) -> EditRow:
-    identity = ChannelIdentity(
-        broker_id=broker_id,
-        provider=provider,
-        channel_user_id=edit.channel_user_id,
-        channel_username=edit.channel_username,
-        display_name=edit.user_display_name,
-    )
     return EditRow(
-        identity=identity,
+        identity=_identity(broker_id, provider, edit),
         channel_message_id=edit.channel_message_id,
         message_text=edit.text,
         attachments=[a.to_json() for a in edit.attachments],

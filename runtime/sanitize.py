@@ -61,16 +61,7 @@ def clean_event(event: InboundEvent) -> InboundEvent:
     if isinstance(event, InboundMessage):
         return _clean_message(event)
     if isinstance(event, InboundEdit):
-        username = clean_text(event.channel_username, "username")
-        return dataclasses.replace(
-            event,
-            channel_message_id=clean_id(event.channel_message_id, "message id"),
-            channel_user_id=clean_id(event.channel_user_id, "user id"),
-            channel_username=username[:MAX_ID] if username else username,
-            text=clean_text(event.text, "text"),
-            user_display_name=clean_text(event.user_display_name, "user name"),
-            attachments=tuple(_clean_attachment(a) for a in event.attachments),
-        )
+        return dataclasses.replace(event, **_common_fields(event))
     if isinstance(event, StatusUpdate):
         if not isinstance(event.status, MessageStatus):
             raise EventRejected("status must be a known message status")
@@ -86,17 +77,24 @@ def clean_events(events: Sequence[InboundEvent]) -> list[InboundEvent]:
     return [clean_event(event) for event in events]
 
 
+def _common_fields(event: InboundMessage | InboundEdit) -> dict[str, Any]:
+    """What messages and edits share: ids, the sender, the text and attachments."""
+    username = clean_text(event.channel_username, "username")
+    return {
+        "channel_message_id": clean_id(event.channel_message_id, "message id"),
+        "channel_user_id": clean_id(event.channel_user_id, "user id"),
+        "channel_username": username[:MAX_ID] if username else username,
+        "text": clean_text(event.text, "text"),
+        "user_display_name": clean_text(event.user_display_name, "user name"),
+        "attachments": tuple(_clean_attachment(a) for a in event.attachments),
+    }
+
+
 def _clean_message(message: InboundMessage) -> InboundMessage:
-    username = clean_text(message.channel_username, "username")
     return dataclasses.replace(
         message,
-        channel_message_id=clean_id(message.channel_message_id, "message id"),
-        channel_user_id=clean_id(message.channel_user_id, "user id"),
-        channel_username=username[:MAX_ID] if username else username,
-        text=clean_text(message.text, "text"),
-        user_display_name=clean_text(message.user_display_name, "user name"),
+        **_common_fields(message),
         reply_to=clean_id(message.reply_to, "reply_to") if message.reply_to else None,
-        attachments=tuple(_clean_attachment(a) for a in message.attachments),
         metadata=clean_json(dict(message.metadata), "metadata"),
     )
 

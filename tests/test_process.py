@@ -124,19 +124,34 @@ class Running:
         return self.log_path.read_text()
 
 
-async def start(tmp_path: Path, database_url: str, port: int, name: str = "run") -> Running:
+STARTUP_SECONDS = 60.0  # importing aiogram alone takes seconds on a busy 2-core machine
+
+
+async def start(
+    tmp_path: Path,
+    database_url: str,
+    port: int,
+    name: str = "run",
+    extra_env: dict[str, str] | None = None,
+) -> Running:
+    """`leadline run` as a child process, returned once /healthz answers."""
+    env = child_env(tmp_path, database_url, port)
+    env.update(extra_env or {})
     log_path = tmp_path / f"{name}.log"
-    process = subprocess.Popen(  # noqa: S603
-        [LEADLINE, "run"],
-        env=child_env(tmp_path, database_url, port),
-        cwd=tmp_path,
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(  # noqa: S603
+            [LEADLINE, "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     running = Running(process, f"http://127.0.0.1:{port}", log_path)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_SECONDS
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while loop.time() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"leadline exited early:\n{running.log()}")
             try:

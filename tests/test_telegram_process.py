@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes.telegram_api import FakeBot, FakeTelegram, running_fake
 from tests.helpers import rows
-from tests.test_process import LEADLINE, Running, child_env
+from tests.test_process import Running, start
 
 DEMO_TOKEN = "707070707:AAE-process-demo-token_x9Q"
 ACME_TOKEN = "808080808:AAE-process-acme-token_k2W"
@@ -30,7 +29,6 @@ FIRST_CHAT = 910000001
 CHATS = 30
 UPDATES = 300
 # A Telegram channel's start imports aiogram, which builds its pydantic models: seconds.
-STARTUP_SECONDS = 60.0
 
 
 class LaggyTelegram(FakeTelegram):
@@ -76,44 +74,12 @@ welcome = "Hi {{name}}!"
 """
 
 
-async def start(tmp_path: Path, database_url: str, port: int, name: str) -> Running:
-    """`leadline run` with the bot tokens in its environment, once /healthz answers."""
-    env = child_env(tmp_path, database_url, port)
-    env.update(TOKENS)
-    log_path = tmp_path / f"{name}.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(  # noqa: S603
-            [LEADLINE, "run"],
-            env=env,
-            cwd=tmp_path,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    running = Running(process, f"http://127.0.0.1:{port}", log_path)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_SECONDS
-    async with aiohttp.ClientSession() as http:
-        while loop.time() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"leadline exited early:\n{running.log()}")
-            try:
-                async with http.get(running.base + "/healthz") as response:
-                    if response.status == 200:
-                        return running
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"leadline did not become healthy:\n{running.log()}")
-
-
 @pytest.fixture
 async def launch(tmp_path: Path, database_url: str) -> AsyncIterator:
     started: list[Running] = []
 
     async def launch_one(port: int, name: str) -> Running:
-        running = await start(tmp_path, database_url, port, name)
+        running = await start(tmp_path, database_url, port, name, extra_env=TOKENS)
         started.append(running)
         return running
 
