@@ -293,3 +293,73 @@ async def _has(query) -> bool:
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+async def _queue(app: AppHarness, chat: int, text: str | None, **extra: object) -> int:
+    from leadline.storage.leads import ChannelIdentity, ensure_lead
+    from leadline.storage.outbox import QueuedMessage, enqueue
+
+    async with app.service.sessions() as session, session.begin():
+        lead_id = await ensure_lead(session, ChannelIdentity("demo", "telegram", str(chat)))
+        row_id = await enqueue(
+            session, QueuedMessage(lead_id, "demo", "telegram", str(chat), text, **extra)
+        )
+    app.service.dispatcher.wake()
+    return row_id
+
+
+async def _row(app: AppHarness, row_id: int) -> dict:
+    (found,) = await rows(app.service.engine, "SELECT * FROM chat_messages WHERE id = :i", i=row_id)
+    return found
+
+
+async def test_media_by_url_goes_with_the_text_as_its_caption(world: World, make_app: AppFactory):
+    app = await make_app(polling_toml(world.base), ENV)
+    photo = {"kind": "image", "url": "https://example.com/house.jpg"}
+    document = {"kind": "document", "url": "https://example.com/plan.pdf"}
+    row_id = await _queue(app, CHAT, "Casa en Palermo", attachments=[photo, document])
+
+    async def sent() -> bool:
+        return (await _row(app, row_id))["status"] == "sent"
+
+    await wait_for(sent)
+    (photo_call,) = await sent_of(world.demo, "sendPhoto")
+    (document_call,) = await sent_of(world.demo, "sendDocument")
+    assert photo_call["photo"] == "https://example.com/house.jpg"
+    assert photo_call["caption"] == "Casa en Palermo"
+    assert document_call["document"] == "https://example.com/plan.pdf"
+    assert "caption" not in document_call
+    assert await sent_of(world.demo, "sendMessage") == []
+
+
+async def test_reply_to_quotes_the_message_in_its_chat(world: World, make_app: AppFactory):
+    app = await make_app(polling_toml(world.base), ENV)
+    row_id = await _queue(
+        app, CHAT, "Sí, sigue disponible", provider_metadata={"reply_to": f"{CHAT}:42"}
+    )
+
+    async def sent() -> bool:
+        return (await _row(app, row_id))["status"] == "sent"
+
+    await wait_for(sent)
+    (params,) = await sent_of(world.demo, "sendMessage")
+    assert params["reply_parameters"]["message_id"] == 42
+
+
+async def test_429_on_send_waits_the_retry_after_then_sends(world: World, make_app: AppFactory):
+    app = await make_app(polling_toml(world.base), ENV)
+    world.demo.fail_next("sendMessage", "429", retry_after=1)
+    row_id = await _queue(app, CHAT, "hola")
+
+    async def postponed() -> bool:
+        return (await _row(app, row_id))["attempts"] == 1
+
+    await wait_for(postponed)
+    row = await _row(app, row_id)
+    assert row["status"] == "pending" and row["error"].startswith("429:")
+
+    async def sent() -> bool:
+        return (await _row(app, row_id))["status"] == "sent"
+
+    await wait_for(sent)
+    assert (await _row(app, row_id))["attempts"] == 2
