@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -165,21 +165,33 @@ async def start(
     raise AssertionError(f"leadline did not become healthy:\n{running.log()}")
 
 
+@dataclass
+class Launcher:
+    """Starts `leadline run` children for one test and kills what is left at the end."""
+
+    tmp_path: Path
+    database_url: str
+    extra_env: dict[str, str] | None = None
+    started: list[Running] = field(default_factory=list)
+
+    async def __call__(self, port: int, name: str = "run") -> Running:
+        running = await start(self.tmp_path, self.database_url, port, name, self.extra_env)
+        self.started.append(running)
+        return running
+
+    def kill_all(self) -> None:
+        for running in self.started:
+            if running.process.poll() is None:
+                running.process.kill()
+                running.process.wait()
+
+
 @pytest.fixture
 async def launch(tmp_path: Path, database_url: str) -> AsyncIterator:
     (tmp_path / "brokers.toml").write_text(DEMO_TOML)
-    started: list[Running] = []
-
-    async def launch_one(port: int, name: str = "run") -> Running:
-        running = await start(tmp_path, database_url, port, name)
-        started.append(running)
-        return running
-
-    yield launch_one
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+    launcher = Launcher(tmp_path, database_url)
+    yield launcher
+    launcher.kill_all()
 
 
 async def test_run_serves_health_and_web_chat_then_stops_cleanly_on_sigterm(

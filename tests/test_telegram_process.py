@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes.telegram_api import FakeBot, FakeTelegram, running_fake
 from tests.helpers import rows
-from tests.test_process import Running, start
+from tests.test_process import Launcher
 
 DEMO_TOKEN = "707070707:AAE-process-demo-token_x9Q"
 ACME_TOKEN = "808080808:AAE-process-acme-token_k2W"
@@ -76,18 +76,9 @@ welcome = "Hi {{name}}!"
 
 @pytest.fixture
 async def launch(tmp_path: Path, database_url: str) -> AsyncIterator:
-    started: list[Running] = []
-
-    async def launch_one(port: int, name: str) -> Running:
-        running = await start(tmp_path, database_url, port, name, extra_env=TOKENS)
-        started.append(running)
-        return running
-
-    yield launch_one
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+    launcher = Launcher(tmp_path, database_url, extra_env=TOKENS)
+    yield launcher
+    launcher.kill_all()
 
 
 async def until(
