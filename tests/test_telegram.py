@@ -364,3 +364,17 @@ async def test_429_on_send_waits_the_retry_after_then_sends(world: World, make_a
 
     await wait_for(sent)
     assert (await _row(app, row_id))["attempts"] == 2
+
+
+async def test_another_poller_conflict_is_reported_and_keeps_the_webhook_alone(
+    world: World, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+):
+    world.demo.fail_next("getUpdates", "409", description=(
+        "Conflict: terminated by other getUpdates request; "
+        "make sure that only one bot instance is running"
+    ))  # fmt: skip
+    app = await make_app(polling_toml(world.base), ENV)
+    world.demo.push_update(world.demo.text_update(CHAT, "after the conflict"))
+    await wait_for(lambda: _has(inbound(app)), timeout=15)
+    assert world.fake.calls("deleteWebhook") == []
+    assert any("another process is polling this bot" in r.getMessage() for r in caplog.records)
