@@ -16,13 +16,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import InboundEdit, InboundEvent, InboundMessage, StatusUpdate
 from leadline.runtime.sanitize import clean_events
-from leadline.storage.bulk import insert_messages
+from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
     EditOutcome,
     EditRow,
-    IncomingRow,
-    LeadCache,
     StatusChange,
     StatusOutcome,
     apply_edit,
@@ -187,10 +185,10 @@ class InboundPipeline:
                     rows.append(to_row(delivery.broker_id, delivery.provider, event))
                     owners.append(index)
         async with self._sessions() as session, session.begin():
-            stored = await insert_messages(session, rows)
+            new = await insert_messages(session, rows)
             for row, owner in zip(rows, owners, strict=True):
                 key = (row.identity.broker_id, row.identity.provider, row.channel_message_id)
-                message_id = stored.new.pop(key, None)  # a second copy in the batch: duplicate
+                message_id = new.pop(key, None)  # a second copy in the batch: duplicate
                 if message_id is None:
                     outcomes[owner].duplicates += 1
                 else:
@@ -203,15 +201,14 @@ class InboundPipeline:
         self, session: AsyncSession, delivery: _Delivery, outcome: IngestOutcome
     ) -> None:
         """Edits and status reports, after the batch's new messages are in."""
-        leads: LeadCache = {}
         for event in delivery.events:
             if isinstance(event, InboundEdit):
                 edit = to_edit(delivery.broker_id, delivery.provider, event)
-                result, stored = await apply_edit(session, edit, leads)
+                result, message_id = await apply_edit(session, edit)
                 if result == EditOutcome.APPLIED:
                     outcome.edits += 1
-                if stored is not None:
-                    outcome.stored.append(stored.id)
+                if message_id is not None:
+                    outcome.stored.append(message_id)
             elif isinstance(event, StatusUpdate):
                 change = StatusChange(
                     delivery.broker_id,

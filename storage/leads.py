@@ -1,8 +1,16 @@
-"""Finding or creating the lead behind a chat user, through `lead_channels`."""
+"""Finding or creating the lead behind each chat user, through `lead_channels`.
+
+All chat users of a delivery are resolved with one lookup; the missing leads
+and channels are created in bulk. Safe against another process creating the
+same leads at the same moment: the unique channel identity decides, and leads
+that lost the race are removed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -22,58 +30,109 @@ class ChannelIdentity:
     display_name: str | None = None
 
 
-async def find_lead_id(session: AsyncSession, who: ChannelIdentity) -> int | None:
-    query = select(LeadChannel.lead_id, LeadChannel.channel_username).where(
-        LeadChannel.broker_id == who.broker_id,
-        LeadChannel.provider == who.provider,
-        LeadChannel.channel_user_id == who.channel_user_id,
-    )
-    found = (await session.exec(query)).first()
-    if found is None:
-        return None
-    lead_id, username = found
-    if who.channel_username and who.channel_username != username:
-        await session.exec(
-            sa.update(LeadChannel)
-            .where(col(LeadChannel.lead_id) == lead_id, col(LeadChannel.provider) == who.provider)
-            .where(col(LeadChannel.channel_user_id) == who.channel_user_id)
-            .values(channel_username=who.channel_username)
-        )
-    return lead_id
+Identity = tuple[str, str, str]  # broker, provider, channel user
+CHUNK = 400  # rows per statement, well under both databases' parameter limits
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
+def identity_of(who: ChannelIdentity) -> Identity:
+    return who.broker_id, who.provider, who.channel_user_id
 
 
 async def ensure_lead(session: AsyncSession, who: ChannelIdentity) -> int:
-    """The lead id for this chat user, creating the lead on first contact.
+    """The lead id for one chat user, creating the lead on first contact."""
+    return (await resolve_leads(session, [who]))[identity_of(who)]
 
-    Safe against a concurrent first contact: the unique identity decides, and
-    the loser drops the lead it had just made.
-    """
-    lead_id = await find_lead_id(session, who)
-    if lead_id is not None:
-        return lead_id
-    lead = Lead(broker_id=who.broker_id, name=who.display_name or who.channel_username)
-    session.add(lead)
-    await session.flush()
-    assert lead.id is not None
-    table = LeadChannel.__table__  # type: ignore[attr-defined]
-    inserted = await session.exec(
-        insert_ignoring_conflicts(session, table, ["broker_id", "provider", "channel_user_id"])
-        .values(
-            lead_id=lead.id,
-            broker_id=who.broker_id,
-            provider=who.provider,
-            channel_user_id=who.channel_user_id,
-            channel_username=who.channel_username,
-            created_at=utcnow(),
+
+async def resolve_leads(
+    session: AsyncSession, people: Sequence[ChannelIdentity]
+) -> dict[Identity, int]:
+    """The lead id of every chat user, creating the leads met for the first time."""
+    unique = {identity_of(who): who for who in people}
+    known = await _known_channels(session, list(unique))
+    leads = {key: lead_id for key, (lead_id, _) in known.items()}
+    missing = [who for key, who in unique.items() if key not in known]
+    if missing:
+        leads.update(await _create_leads(session, missing))
+    renamed = [
+        who
+        for key, who in unique.items()
+        if key in known and who.channel_username and who.channel_username != known[key][1]
+    ]
+    await _rename(session, renamed)
+    return leads
+
+
+async def _known_channels(
+    session: AsyncSession, keys: list[Identity]
+) -> dict[Identity, tuple[int, str | None]]:
+    """Lead id and username of each chat user already known."""
+    found: dict[Identity, tuple[int, str | None]] = {}
+    identity = sa.tuple_(LeadChannel.broker_id, LeadChannel.provider, LeadChannel.channel_user_id)
+    for chunk in chunks(keys):
+        result = await session.exec(
+            sa.select(
+                LeadChannel.broker_id,
+                LeadChannel.provider,
+                LeadChannel.channel_user_id,
+                LeadChannel.lead_id,
+                LeadChannel.channel_username,
+            ).where(identity.in_(chunk))
         )
-        .returning(table.c.id)
+        found.update({(b, p, u): (lead, name) for b, p, u, lead, name in result.all()})
+    return found
+
+
+async def _create_leads(
+    session: AsyncSession, people: Sequence[ChannelIdentity]
+) -> dict[Identity, int]:
+    now = utcnow()
+    lead_rows = [
+        {"broker_id": who.broker_id, "name": who.display_name or who.channel_username,
+         "tags": [], "created_at": now}
+        for who in people
+    ]  # fmt: skip
+    result = await session.exec(
+        sa.insert(Lead).returning(Lead.id, sort_by_parameter_order=True), params=lead_rows
     )
-    if inserted.first() is not None:
-        return lead.id
-    await session.delete(lead)
-    winner = await find_lead_id(session, who)
-    assert winner is not None
-    return winner
+    lead_ids = list(result.scalars().all())
+    created = {identity_of(who): lead_id for who, lead_id in zip(people, lead_ids, strict=True)}
+    table = LeadChannel.__table__  # type: ignore[attr-defined]
+    channel_rows = [
+        {"lead_id": created[identity_of(who)], "broker_id": who.broker_id,
+         "provider": who.provider, "channel_user_id": who.channel_user_id,
+         "channel_username": who.channel_username, "created_at": now}
+        for who in people
+    ]  # fmt: skip
+    statement = insert_ignoring_conflicts(
+        session, table, ["broker_id", "provider", "channel_user_id"]
+    ).returning(table.c.broker_id, table.c.provider, table.c.channel_user_id)
+    inserted = await session.exec(statement, params=channel_rows)
+    won: set[Identity] = {(b, p, u) for b, p, u in inserted.all()}
+    lost = [key for key in created if key not in won]
+    if lost:  # another process created these chat users' leads first: use theirs
+        await session.exec(sa.delete(Lead).where(col(Lead.id).in_([created[k] for k in lost])))
+        known = await _known_channels(session, lost)
+        created.update({key: lead_id for key, (lead_id, _) in known.items()})
+    return created
+
+
+async def _rename(session: AsyncSession, people: Iterable[ChannelIdentity]) -> None:
+    """A chat user changed their username: rare, so one statement each is fine."""
+    for who in people:
+        await session.exec(
+            sa.update(LeadChannel)
+            .where(
+                col(LeadChannel.broker_id) == who.broker_id,
+                col(LeadChannel.provider) == who.provider,
+                col(LeadChannel.channel_user_id) == who.channel_user_id,
+            )
+            .values(channel_username=who.channel_username)
+        )
 
 
 async def rekey_channel(

@@ -1,10 +1,10 @@
-"""Storing inbound messages idempotently and applying status updates monotonically."""
+"""Edits of inbound messages, and status updates applied monotonically."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,24 +13,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus, status_advances
-from leadline.storage.dialect import insert_ignoring_conflicts
-from leadline.storage.leads import ChannelIdentity, ensure_lead
+from leadline.storage.inbound import IncomingRow, insert_messages
+from leadline.storage.leads import ChannelIdentity
 from leadline.storage.models import ChatMessage, EarlyStatus
 from leadline.storage.types import utcnow
-
-IDEMPOTENCY_KEY = ["broker_id", "provider", "direction", "channel_message_id"]
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingRow:
-    """An inbound message as storage needs it (the runtime maps adapter events to it)."""
-
-    identity: ChannelIdentity
-    channel_message_id: str
-    message_text: str | None
-    attachments: Sequence[Mapping[str, Any]] = ()
-    provider_metadata: Mapping[str, Any] = field(default_factory=dict)
-    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,56 +26,6 @@ class StatusChange:
     channel_message_id: str
     status: MessageStatus
     error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: int
-    lead_id: int
-
-
-# Lead ids already resolved in this transaction, by (broker, provider, channel user).
-LeadCache = dict[tuple[str, str, str], int]
-
-
-async def insert_incoming(
-    session: AsyncSession, row: IncomingRow, leads: LeadCache | None = None
-) -> StoredMessage | None:
-    """Insert one inbound message; None when it was stored before (a redelivery).
-
-    A delivery often holds several messages of one user: pass the same `leads`
-    cache for all of them to resolve the lead once.
-    """
-    who = row.identity
-    key = (who.broker_id, who.provider, who.channel_user_id)
-    lead_id = leads.get(key) if leads is not None else None
-    if lead_id is None:
-        lead_id = await ensure_lead(session, who)
-        if leads is not None:
-            leads[key] = lead_id
-    table = ChatMessage.__table__  # type: ignore[attr-defined]
-    now = utcnow()
-    result = await session.exec(
-        insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY)
-        .values(
-            lead_id=lead_id,
-            broker_id=who.broker_id,
-            provider=who.provider,
-            channel_user_id=who.channel_user_id,
-            channel_username=who.channel_username,
-            channel_message_id=row.channel_message_id,
-            message_text=row.message_text,
-            direction=Direction.IN,
-            status=MessageStatus.DELIVERED,
-            provider_metadata=dict(row.provider_metadata),
-            attachments=[dict(a) for a in row.attachments],
-            created_at=row.created_at or now,
-            updated_at=now,
-        )
-        .returning(table.c.id)
-    )
-    new_id = result.scalar_one_or_none()
-    return None if new_id is None else StoredMessage(new_id, lead_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +45,11 @@ class EditOutcome(enum.StrEnum):
     STORED_NEW = "stored_new"  # the original was never seen: kept as a message
 
 
-async def apply_edit(
-    session: AsyncSession, edit: EditRow, leads: LeadCache
-) -> tuple[EditOutcome, StoredMessage | None]:
+async def apply_edit(session: AsyncSession, edit: EditRow) -> tuple[EditOutcome, int | None]:
     """Update the original's text, keeping what it said before in `edits`.
 
-    The stored message is returned only when the original was unknown and the
-    edit had to be stored as a message of its own.
+    A message id is returned only when the original was unknown and the edit
+    had to be stored as a message of its own.
     """
     who = edit.identity
     original = (
@@ -138,7 +72,8 @@ async def apply_edit(
             {"edited_at": stamp},
             edit.edited_at,
         )
-        return EditOutcome.STORED_NEW, await insert_incoming(session, row, leads)
+        new = await insert_messages(session, [row])
+        return EditOutcome.STORED_NEW, next(iter(new.values()), None)
     earlier = list(original.provider_metadata.get("edits", []))
     if any(e.get("edited_at") == stamp for e in earlier):
         return EditOutcome.REPEATED, None

@@ -13,13 +13,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from leadline.config.vocabulary import MessageStatus
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory
+from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.messages import (
-    IncomingRow,
     StatusChange,
     StatusOutcome,
     apply_status,
-    insert_incoming,
 )
 from leadline.storage.migrate import current_revision, upgrade
 from leadline.storage.models import ChatMessage
@@ -48,6 +47,12 @@ async def broker(sessions: async_sessionmaker[AsyncSession]) -> str:
 
 def incoming(message_id: str, user: str = "u1", text: str = "hola") -> IncomingRow:
     return IncomingRow(ChannelIdentity("demo", "webchat", user), message_id, text)
+
+
+async def insert_one(session: AsyncSession, row: IncomingRow) -> int | None:
+    """The new row's id, or None when the message was stored before."""
+    new = await insert_messages(session, [row])
+    return next(iter(new.values()), None)
 
 
 async def test_migrations_create_every_table_and_column_of_the_design(engine: AsyncEngine):
@@ -92,8 +97,8 @@ async def test_same_inbound_message_twice_is_stored_once(
     sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
 ):
     async with sessions() as session, session.begin():
-        first = await insert_incoming(session, incoming("m1"))
-        again = await insert_incoming(session, incoming("m1"))
+        first = await insert_one(session, incoming("m1"))
+        again = await insert_one(session, incoming("m1"))
     assert first is not None and again is None
     assert await count(engine, "chat_messages") == 1
 
@@ -102,9 +107,9 @@ async def test_same_message_id_from_another_provider_or_direction_is_a_new_row(
     sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
 ):
     async with sessions() as session, session.begin():
-        await insert_incoming(session, incoming("m1"))
+        await insert_one(session, incoming("m1"))
         other = IncomingRow(ChannelIdentity("demo", "telegram", "u1"), "m1", "x")
-        assert await insert_incoming(session, other) is not None
+        assert await insert_one(session, other) is not None
     assert await count(engine, "chat_messages") == 2
 
 
@@ -173,7 +178,7 @@ async def test_naive_datetimes_are_refused(sessions: async_sessionmaker[AsyncSes
 async def test_json_columns_round_trip(sessions: async_sessionmaker[AsyncSession], broker: str):
     attachments = [{"kind": "image", "ref": "file-1", "extra": {"w": 10, "ñ": "ü"}}]
     async with sessions() as session, session.begin():
-        stored = await insert_incoming(
+        stored = await insert_one(
             session,
             IncomingRow(
                 ChannelIdentity("demo", "webchat", "u1"),
@@ -185,7 +190,7 @@ async def test_json_columns_round_trip(sessions: async_sessionmaker[AsyncSession
         )
     assert stored is not None
     async with sessions() as session:
-        row = await session.get(ChatMessage, stored.id)
+        row = await session.get(ChatMessage, stored)
     assert row is not None
     assert row.attachments == attachments
     assert row.provider_metadata == {"raw_type": "image"}
@@ -254,7 +259,7 @@ async def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_
         async def write(i: int) -> None:
             factory = make_session_factory(engines[i % 3])
             async with factory() as session, session.begin():
-                await insert_incoming(session, incoming(f"m{i}", user=f"u{i % 5}"))
+                await insert_one(session, incoming(f"m{i}", user=f"u{i % 5}"))
                 await asyncio.sleep(0.001)
 
         await asyncio.gather(*(write(i) for i in range(30)))

@@ -1,0 +1,71 @@
+"""Storing inbound messages: many in one idempotent statement (the group-commit path)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from leadline.config.vocabulary import Direction, MessageStatus
+from leadline.storage.dialect import insert_ignoring_conflicts
+from leadline.storage.leads import ChannelIdentity, identity_of, resolve_leads
+from leadline.storage.models import ChatMessage
+from leadline.storage.types import utcnow
+
+IDEMPOTENCY_KEY = ["broker_id", "provider", "direction", "channel_message_id"]
+MessageKey = tuple[str, str, str]  # broker, provider, channel message id
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRow:
+    """An inbound message as storage needs it (the runtime maps adapter events to it)."""
+
+    identity: ChannelIdentity
+    channel_message_id: str
+    message_text: str | None
+    attachments: Sequence[Mapping[str, Any]] = ()
+    provider_metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+async def insert_messages(
+    session: AsyncSession, rows: Sequence[IncomingRow]
+) -> dict[MessageKey, int]:
+    """Insert inbound messages idempotently; returns the new rows' ids by key.
+
+    A message stored before (a redelivery, or a second copy in `rows`) stores
+    nothing and is absent from the result.
+    """
+    if not rows:
+        return {}
+    leads = await resolve_leads(session, [row.identity for row in rows])
+    table = ChatMessage.__table__  # type: ignore[attr-defined]
+    now = utcnow()
+    values = [
+        {
+            "lead_id": leads[identity_of(row.identity)],
+            "broker_id": row.identity.broker_id,
+            "provider": row.identity.provider,
+            "channel_user_id": row.identity.channel_user_id,
+            "channel_username": row.identity.channel_username,
+            "channel_message_id": row.channel_message_id,
+            "message_text": row.message_text,
+            "direction": Direction.IN,
+            "status": MessageStatus.DELIVERED,
+            "provider_metadata": dict(row.provider_metadata),
+            "attachments": [dict(a) for a in row.attachments],
+            "created_at": row.created_at or now,
+            "updated_at": now,
+        }
+        for row in rows
+    ]
+    # One statement executed for many rows: compiled once and cached, then sent in
+    # multi-row batches by SQLAlchemy ("insertmanyvalues").
+    statement = insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY).returning(
+        table.c.id, table.c.broker_id, table.c.provider, table.c.channel_message_id
+    )
+    result = await session.exec(statement, params=values)
+    return {(b, p, m): message_id for message_id, b, p, m in result.all()}
