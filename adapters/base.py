@@ -9,12 +9,10 @@ provider and owns that channel's pooled HTTP session between `start` and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
-
-from aiohttp import web
 
 from leadline.config.providers import ProviderConfig
 
@@ -262,9 +260,6 @@ class AdapterContext:
     public_url: str | None = None
 
 
-RouteHandler = Callable[[web.Request, Inbox], Awaitable[web.StreamResponse]]
-
-
 @dataclass(frozen=True, slots=True)
 class PublicRoute:
     """An extra HTTP route an adapter serves at `/{adapter name}/{broker_id}{suffix}`."""
@@ -332,7 +327,8 @@ class Adapter:
         raise PermanentSendError(f"{self.name} cannot send messages", code="unsupported")
 
     async def send_typing(self, channel_user_id: str) -> None:
-        """Show a typing indicator; a no-op where the provider has none."""
+        """Show a typing indicator; a no-op where the provider has none. The runtime
+        sends the message whether or not this fails."""
 
     async def mark_read(self, channel_user_id: str, channel_message_id: str) -> None:
         """Mark an inbound message read; a no-op where the provider has none."""

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import (
+    Adapter,
     Attachment,
     OutboundMessage,
     PermanentSendError,
@@ -137,7 +138,7 @@ class Dispatcher:
         attempts = row.attempts + 1
         adapter = channel.adapter
         if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
-            await adapter.send_typing(row.channel_user_id)
+            await _show_typing(adapter, row.channel_user_id)
         try:
             result = await adapter.send(_outbound(row))
         except PermanentSendError as exc:
@@ -182,6 +183,14 @@ class Dispatcher:
         log.warning("outbound message %s failed: %s", message_id, failed)
         async with self._sessions() as session, session.begin():
             await mark_failed(session, message_id, failed)
+
+
+async def _show_typing(adapter: Adapter, channel_user_id: str) -> None:
+    """A nicety: its failure must never hold up the message itself."""
+    try:
+        await adapter.send_typing(channel_user_id)
+    except Exception as exc:
+        log.info("typing indicator on %s failed: %s", adapter.name, exc.__class__.__name__)
 
 
 def _outbound(row: ChatMessage) -> OutboundMessage:

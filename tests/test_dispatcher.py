@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,8 +14,8 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import AdapterContext, OutboundMessage, SendResult
-from leadline.config.brokers import BrokerConfig
+from leadline.adapters.base import AdapterContext, Capabilities, OutboundMessage, SendResult
+from leadline.config.brokers import BrokerConfig, Features
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.dispatcher import Dispatcher
 from leadline.runtime.retry import RetryPolicy
@@ -200,6 +201,24 @@ async def test_never_two_sends_in_flight_to_one_chat(world: World):
     assert most == {"u0": 1, "u1": 1}
     sent = await rows(world.sessions.kw["bind"], "SELECT status FROM chat_messages")
     assert {r["status"] for r in sent} == {"sent"}
+
+
+async def test_a_failing_typing_indicator_never_holds_up_the_message(world: World):
+    channel = world.channels.get("demo", "signed")
+    assert channel is not None
+    channel.broker = dataclasses.replace(channel.broker, features=Features(typing_indicator=True))
+    world.adapter.capabilities = Capabilities(webhooks=True, typing_indicator=True)
+    calls: list[str] = []
+
+    async def broken_typing(channel_user_id: str) -> None:
+        calls.append(channel_user_id)
+        raise ConnectionError("typing endpoint down")
+
+    world.adapter.send_typing = broken_typing
+    message_id = await world.queue("u1", "hello")
+    await world.run_cycles()
+    assert calls == ["u1"]
+    assert (await world.row(message_id))["status"] == "sent"
 
 
 async def test_message_for_a_disabled_provider_fails_with_the_reason(world: World):

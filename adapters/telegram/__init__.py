@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import html
 import io
+import json
 import logging
 import random
 import re
@@ -176,8 +177,8 @@ class TelegramAdapter(Adapter):
         for event in events:
             query_id = _callback_query_id(event)
             if query_id is not None:
-                body = f'{{"method":"answerCallbackQuery","callback_query_id":"{query_id}"}}'
-                return HttpReply(200, body, "application/json")
+                body = {"method": "answerCallbackQuery", "callback_query_id": query_id}
+                return HttpReply(200, json.dumps(body), "application/json")
         return HttpReply(200, "")
 
     # --- inbound: long polling ---------------------------------------------------
@@ -331,10 +332,7 @@ class TelegramAdapter(Adapter):
         return last
 
     async def send_typing(self, channel_user_id: str) -> None:
-        try:
-            await self.bot.send_chat_action(_chat_id(channel_user_id), "typing")
-        except _errors().TelegramAPIError as exc:
-            log.info("broker %s: typing indicator failed: %s", self.context.broker_id, exc)
+        await self.bot.send_chat_action(_chat_id(channel_user_id), "typing")
 
     # --- webhook management and media -------------------------------------------------
 
