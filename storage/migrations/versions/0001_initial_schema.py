@@ -21,6 +21,14 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _status() -> sa.Enum:
+    # Plain strings, never a native PostgreSQL ENUM (STACK.md).
+    return sa.Enum(
+        "pending", "sent", "delivered", "read", "failed",
+        name="messagestatus", native_enum=False, length=16,
+    )  # fmt: skip
+
+
 def upgrade() -> None:
     op.create_table(
         "brokers",
@@ -71,16 +79,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "status",
-            sa.Enum(
-                "pending",
-                "sent",
-                "delivered",
-                "read",
-                "failed",
-                name="messagestatus",
-                native_enum=False,
-                length=16,
-            ),
+            _status(),
             nullable=False,
         ),
         sa.Column(
@@ -171,16 +170,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "status",
-            sa.Enum(
-                "pending",
-                "sent",
-                "delivered",
-                "read",
-                "failed",
-                name="messagestatus",
-                native_enum=False,
-                length=16,
-            ),
+            _status(),
             nullable=False,
         ),
         sa.Column("error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
