@@ -378,3 +378,25 @@ async def test_another_poller_conflict_is_reported_and_keeps_the_webhook_alone(
     await wait_for(lambda: _has(inbound(app)), timeout=15)
     assert world.fake.calls("deleteWebhook") == []
     assert any("another process is polling this bot" in r.getMessage() for r in caplog.records)
+
+
+async def test_unreachable_api_marks_the_bot_down_then_it_recovers(
+    world: World, make_app: AppFactory
+):
+    world.demo.fail_next("getUpdates", "drop", count=2)
+    app = await make_app(polling_toml(world.base), ENV)
+    seen_down: list[str] = []
+
+    async def went_down() -> bool:
+        state = app.service.channels.get("demo", "telegram")
+        assert state is not None
+        if state.state == "down":
+            seen_down.append(state.reason or "")
+        return bool(seen_down)
+
+    await wait_for(went_down)
+    assert seen_down[0].startswith("Telegram unreachable")
+    world.demo.push_update(world.demo.text_update(CHAT, "back again"))
+    await wait_for(lambda: _has(inbound(app)), timeout=15)
+    channel = app.service.channels.get("demo", "telegram")
+    assert channel is not None and channel.state == "up"
