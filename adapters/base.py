@@ -9,6 +9,7 @@ provider and owns that channel's pooled HTTP session between `start` and
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -180,14 +181,31 @@ class SendError(AdapterError):
         self.code = code
 
 
+class PauseScope(enum.StrEnum):
+    """What a throttling answer holds back for its retry_after."""
+
+    RECIPIENT = "recipient"  # this chat only: its later messages wait behind this one
+    CHANNEL = "channel"  # every chat of this broker on this provider (the bot, the number)
+
+
 class RetryableSendError(SendError):
-    """Try again later: 429, 5xx, timeouts, connection errors."""
+    """Try again later: 429, 5xx, timeouts, connection errors.
+
+    `retry_after` is the provider's own delay, honoured exactly; `scope` says
+    whether it concerns the chat or the whole channel.
+    """
 
     def __init__(
-        self, message: str, *, code: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        scope: PauseScope = PauseScope.RECIPIENT,
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class PermanentSendError(SendError):
@@ -325,6 +343,11 @@ class Adapter:
     # outbound
     async def send(self, message: OutboundMessage) -> SendResult:
         raise PermanentSendError(f"{self.name} cannot send messages", code="unsupported")
+
+    def recipient_limits(self, channel_user_id: str) -> Sequence[RateLimit]:
+        """The limits on sends to one chat; a provider may limit groups harder."""
+        limit = self.capabilities.per_chat_rate_limit
+        return (limit,) if limit is not None else ()
 
     async def send_typing(self, channel_user_id: str) -> None:
         """Show a typing indicator; a no-op where the provider has none. The runtime

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     plugins_dir: Path | None = None
     # Largest request body a webhook may send.
     max_body_bytes: int = 1024 * 1024
+    # Delivery: how long a sender holds a row it took (longer than any provider
+    # call may last); how often and how long a failing send is retried.
+    send_lease_seconds: float = Field(default=90.0, ge=1.0)
+    send_max_attempts: int = Field(default=12, ge=1)
+    send_max_age_hours: float = Field(default=24.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

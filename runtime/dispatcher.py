@@ -1,11 +1,14 @@
 """The outbound dispatcher: sends due outbox rows through their channel's adapter.
 
-Rows to one recipient go one at a time, in id order; a row waiting for its
-retry holds back the later rows to the same recipient, so nothing is
-reordered. The attempt is counted before the provider is called: if the
-process dies during the call, the row is still `pending` with that attempt
-recorded and is sent again at the next start (the one window where a message
-can be sent twice).
+Each cycle takes the due head of every recipient (one row per chat, in id
+order), as many per channel as its rate lets go within a few seconds, with a
+lease and the attempt counted (one transaction). Each taken row then waits
+for its recipient's and its channel's rate limits, is sent, and its outcome is
+stored with the others that ended meanwhile (group commit).
+
+The one window where a message can go out twice: the process dies while the
+provider call is under way. The row is then still `pending` with the attempt
+recorded, and is sent again once its lease has run out.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -23,21 +30,31 @@ from leadline.adapters.base import (
     Adapter,
     Attachment,
     OutboundMessage,
+    PauseScope,
     PermanentSendError,
+    RateLimit,
     RecipientMoved,
     RetryableSendError,
 )
-from leadline.runtime.channels import Channels, ChannelState
+from leadline.runtime.batching import GroupCommit
+from leadline.runtime.channels import Channel, Channels, ChannelState
+from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
 from leadline.storage.leads import rekey_channel
-from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import (
-    claim,
-    due_messages,
-    mark_failed,
-    mark_sent,
+    ChannelKey,
+    Failed,
+    OutboxRow,
+    Outcome,
+    Released,
+    Retry,
+    Sent,
+    claim_many,
+    due_heads,
     next_due_at,
-    postpone,
+    pause_channel,
+    record,
+    unroutable,
 )
 from leadline.storage.types import utcnow
 
@@ -45,7 +62,17 @@ log = logging.getLogger(__name__)
 
 Recipient = tuple[str, str, str]  # broker, provider, channel user
 IDLE_POLL_SECONDS = 5.0
-DOWN_CHANNEL_RETRY = timedelta(seconds=30)
+SWEEP_SECONDS = 30.0  # how often rows for a disabled or unknown provider are failed
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    # A taken row waits at most this long for its rate limits, so it is sent
+    # (or handed back) well within its lease.
+    max_wait: float = 10.0
+    lease: timedelta = timedelta(seconds=90)
+    per_channel: int = 500  # rows in progress per channel when its limits allow more
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Dispatcher:
@@ -55,16 +82,28 @@ class Dispatcher:
         channels: Channels,
         policy: RetryPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
-        batch: int = 200,
+        options: DeliveryOptions | None = None,
+        gates: Gates | None = None,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
-        self._policy = policy or RetryPolicy()
+        self._options = options or DeliveryOptions()
+        # Waiting for the limits must leave most of the lease to the provider call.
+        self._max_wait = min(self._options.max_wait, self._options.lease.total_seconds() / 3)
+        self._policy = policy or self._options.policy
         self._clock = clock
-        self._batch = batch
+        self._gates = gates or Gates()
+        self._outcomes = GroupCommit(sessions, self._record, "outbox-results")
         self._wake = asyncio.Event()
         self._in_flight: dict[Recipient, asyncio.Task[None]] = {}
+        self._waiting: set[Recipient] = set()  # taken, waiting for the limits (not sending)
+        self._busy: Counter[ChannelKey] = Counter()
+        self._last_sweep = -math.inf
         self._stopping = False
+
+    @property
+    def gates(self) -> Gates:
+        return self._gates
 
     def wake(self) -> None:
         self._wake.set()
@@ -75,6 +114,7 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
+        self._outcomes.start()
         try:
             while not self._stopping:
                 try:
@@ -87,87 +127,158 @@ class Dispatcher:
                 self._wake.clear()
         finally:
             await self.drain_in_flight()
+            await self._outcomes.stop()
 
     async def drain_in_flight(self) -> None:
-        """Let the sends already under way finish (clean shutdown)."""
+        """Let the sends under way finish; rows still waiting for their limits go back."""
+        if self._stopping:
+            for recipient in self._waiting:
+                self._in_flight[recipient].cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
     async def cycle(self) -> float:
         """Start sending what is due; returns the seconds until something may be due."""
         now = self._clock()
-        async with self._sessions() as session:
-            rows = await due_messages(session, now, self._batch)
-            next_due = await next_due_at(session)
-        queues: dict[Recipient, list[ChatMessage]] = {}
-        for row in rows:
-            queues.setdefault((row.broker_id, row.provider, row.channel_user_id), []).append(row)
-        for recipient, queue in queues.items():
-            if recipient not in self._in_flight:
-                task = asyncio.create_task(self._send_queue(recipient, queue))
-                self._in_flight[recipient] = task
+        await self._sweep(now)
+        budgets = {c.key: self._budget(c) for c in self._channels if _sendable(c)}
+        async with self._sessions() as session, session.begin():
+            heads = [r for r in await due_heads(session, now, budgets) if self._may_start(r)]
+            lease_until = now + self._options.lease
+            taken = await claim_many(session, [r.id for r in heads], now, lease_until)
+            next_due = await next_due_at(session, now)
+        for row in heads:
+            if row.id in taken:
+                self._start(row)
+        self._gates.prune()
         if next_due is not None and next_due > now:
             return min(IDLE_POLL_SECONDS, (next_due - now).total_seconds())
         return IDLE_POLL_SECONDS
 
-    async def _send_queue(self, recipient: Recipient, queue: list[ChatMessage]) -> None:
+    def _budget(self, channel: Channel) -> int:
+        """Rows of this channel that may be taken now: what its rate lets go within
+        `max_wait`, less those already taken."""
+        assert channel.adapter is not None
+        limits = self._channel_limits(channel)
+        ceiling = self._options.per_channel
+        if limits:
+            rate = min(limit.count / limit.per_seconds for limit in limits)
+            ceiling = min(ceiling, max(1, math.floor(rate * self._max_wait)))
+        gate = self._gates.channel(channel.key, lambda: limits)
+        if gate.paused_for() > 0:
+            return 0
+        return ceiling - self._busy[channel.key]
+
+    def _may_start(self, row: OutboxRow) -> bool:
+        if row.recipient in self._in_flight:
+            return False
+        channel = self._channels.get(row.broker_id, row.provider)
+        assert channel is not None and channel.adapter is not None
+        adapter = channel.adapter
+        gate = self._gates.recipient(
+            row.recipient, lambda: adapter.recipient_limits(row.channel_user_id)
+        )
+        # A chat at its limit for long (a busy group) is left alone until it is nearly free.
+        return gate.delay() <= self._max_wait
+
+    def _start(self, row: OutboxRow) -> None:
+        key = (row.broker_id, row.provider)
+        self._busy[key] += 1
+        self._waiting.add(row.recipient)
+        task = asyncio.create_task(self._send(row), name=f"send {row.id}")
+        self._in_flight[row.recipient] = task
+
+    async def _send(self, row: OutboxRow) -> None:
         try:
-            for row in queue:
-                if not await self.deliver(row):
-                    break  # postponed: later rows wait behind it
+            outcome = await self.deliver(row)
+            await self._outcomes.submit(outcome)
+        except asyncio.CancelledError:
+            # Stopped while it waited for its limits: hand the row back for the next start.
+            await self._outcomes.submit(Released(row.id))
+            raise
         except Exception:
-            log.exception("sending to %s/%s failed unexpectedly", recipient[0], recipient[1])
+            log.exception("sending message %s failed unexpectedly", row.id)
+            with contextlib.suppress(Exception):
+                await self._outcomes.submit(Released(row.id))
         finally:
-            self._in_flight.pop(recipient, None)
+            self._waiting.discard(row.recipient)
+            self._in_flight.pop(row.recipient, None)
+            self._busy[(row.broker_id, row.provider)] -= 1
             self.wake()
 
-    async def deliver(self, row: ChatMessage) -> bool:
-        """Send one row; True when it reached a final state (sent or failed)."""
-        assert row.id is not None
+    async def deliver(self, row: OutboxRow) -> Outcome:
+        """Wait for the limits, send one taken row; returns how it ended."""
         channel = self._channels.get(row.broker_id, row.provider)
-        if channel is None or channel.state == ChannelState.DISABLED or channel.adapter is None:
-            reason = channel.reason if channel else "not configured"
-            await self._finish(row.id, failed=f"provider {row.provider} unavailable: {reason}")
-            return True
-        if channel.state != ChannelState.UP:
-            await self._postpone(row.id, f"channel down: {channel.reason}", DOWN_CHANNEL_RETRY)
-            return False
-        async with self._sessions() as session, session.begin():
-            if not await claim(session, row.id, row.attempts):
-                return True  # sent, failed or taken by another sender meanwhile
-        attempts = row.attempts + 1
+        if channel is None or channel.adapter is None or channel.state != ChannelState.UP:
+            return Released(row.id)  # it went down meanwhile: due again once it is up
         adapter = channel.adapter
+        if not await self._pass_gates(channel, row):
+            return Released(row.id)
+        self._waiting.discard(row.recipient)
         if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
             await _show_typing(adapter, row.channel_user_id)
         try:
             result = await adapter.send(_outbound(row))
         except PermanentSendError as exc:
-            await self._finish(row.id, failed=_error_text(exc, exc.code))
-            return True
+            return self._failed(row, _error_text(exc, exc.code))
         except RecipientMoved as exc:
             await self._rekey(row, exc.new_channel_user_id)
-            return False
+            return Released(row.id)
         except RetryableSendError as exc:
-            return await self._retry(row, attempts, _error_text(exc, exc.code), exc.retry_after)
+            return await self._retry(row, exc)
         except Exception as exc:
             log.exception("adapter %s raised an untyped error", row.provider)
-            return await self._retry(row, attempts, _error_text(exc, None), None)
+            return await self._retry(row, RetryableSendError(_error_text(exc, None)))
+        return Sent(row.id, result.channel_message_id, result.status)
+
+    async def _pass_gates(self, channel: Channel, row: OutboxRow) -> bool:
+        assert channel.adapter is not None
+        adapter = channel.adapter
+        deadline = time.monotonic() + self._max_wait
+        recipient = self._gates.recipient(
+            row.recipient, lambda: adapter.recipient_limits(row.channel_user_id)
+        )
+        whole = self._gates.channel(channel.key, lambda: self._channel_limits(channel))
+        # The chat first: a channel slot taken while the chat still waits would be lost.
+        return await recipient.acquire(deadline) and await whole.acquire(deadline)
+
+    def _channel_limits(self, channel: Channel) -> Sequence[RateLimit]:
+        assert channel.adapter is not None
+        configured = configured_limits(channel.broker.rate_limits.get(channel.provider))
+        default = channel.adapter.capabilities.rate_limit
+        return configured or ([default] if default is not None else [])
+
+    async def _retry(self, row: OutboxRow, exc: RetryableSendError) -> Outcome:
+        attempts = row.attempts + 1
+        error = _error_text(exc, exc.code)
+        now = self._clock()
+        if self._policy.gives_up(
+            attempts, row.created_at, now, throttled=exc.retry_after is not None
+        ):
+            return self._failed(row, f"gave up after {attempts} attempts: {error}")
+        delay = self._policy.delay(attempts, exc.retry_after)
+        if exc.retry_after is not None and exc.scope == PauseScope.CHANNEL:
+            await self._pause(row, delay, error)
+        return Retry(row.id, error, now + timedelta(seconds=delay))
+
+    async def _pause(self, row: OutboxRow, seconds: float, reason: str) -> None:
+        """The provider holds back the whole channel: so do we, and so does every process."""
+        log.warning(
+            "broker %s: provider %s asks to wait %.0f s: %s",
+            row.broker_id, row.provider, seconds, reason,
+        )  # fmt: skip
+        channel = self._channels.get(row.broker_id, row.provider)
+        if channel is not None:
+            self._gates.channel(channel.key, lambda: self._channel_limits(channel)).pause(seconds)
+        until = self._clock() + timedelta(seconds=seconds)
         async with self._sessions() as session, session.begin():
-            await mark_sent(session, row.id, result.channel_message_id, result.status)
-        return True
+            await pause_channel(session, row.broker_id, row.provider, until, reason)
 
-    async def _retry(
-        self, row: ChatMessage, attempts: int, error: str, retry_after: float | None
-    ) -> bool:
-        assert row.id is not None
-        if self._policy.gives_up(attempts, row.created_at, self._clock()):
-            await self._finish(row.id, failed=f"gave up after {attempts} attempts: {error}")
-            return True
-        delay = timedelta(seconds=self._policy.delay(attempts, retry_after))
-        await self._postpone(row.id, error, delay)
-        return False
+    def _failed(self, row: OutboxRow, error: str) -> Failed:
+        log.warning("outbound message %s failed: %s", row.id, error)
+        return Failed(row.id, error)
 
-    async def _rekey(self, row: ChatMessage, new_channel_user_id: str) -> None:
+    async def _rekey(self, row: OutboxRow, new_channel_user_id: str) -> None:
         """Follow the chat to its new id; the row goes out again at the next cycle."""
         log.info("chat %s of broker %s moved; re-keyed", row.channel_user_id, row.broker_id)
         async with self._sessions() as session, session.begin():
@@ -175,14 +286,32 @@ class Dispatcher:
                 session, row.broker_id, row.provider, row.channel_user_id, new_channel_user_id
             )
 
-    async def _postpone(self, message_id: int, error: str, delay: timedelta) -> None:
-        async with self._sessions() as session, session.begin():
-            await postpone(session, message_id, error, self._clock() + delay)
+    async def _sweep(self, now: datetime) -> None:
+        """Fail the rows no channel will ever send (a provider disabled or not configured)."""
+        moment = time.monotonic()
+        if moment - self._last_sweep < SWEEP_SECONDS:
+            return
+        self._last_sweep = moment
+        routable = [c.key for c in self._channels if c.state != ChannelState.DISABLED]
+        async with self._sessions() as session:
+            stranded = await unroutable(session, routable)
+        outcomes: list[Outcome] = []
+        for message_id, broker_id, provider in stranded:
+            channel = self._channels.get(broker_id, provider)
+            reason = channel.reason if channel else "not configured"
+            outcomes.append(Failed(message_id, f"provider {provider} unavailable: {reason}"))
+            log.warning("outbound message %s failed: provider %s unavailable", message_id, provider)
+        if outcomes:
+            async with self._sessions() as session, session.begin():
+                await record(session, outcomes)
 
-    async def _finish(self, message_id: int, *, failed: str) -> None:
-        log.warning("outbound message %s failed: %s", message_id, failed)
-        async with self._sessions() as session, session.begin():
-            await mark_failed(session, message_id, failed)
+    async def _record(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[None]:
+        await record(session, outcomes)
+        return [None] * len(outcomes)
+
+
+def _sendable(channel: Channel) -> bool:
+    return channel.state == ChannelState.UP and channel.adapter is not None
 
 
 async def _show_typing(adapter: Adapter, channel_user_id: str) -> None:
@@ -193,7 +322,7 @@ async def _show_typing(adapter: Adapter, channel_user_id: str) -> None:
         log.info("typing indicator on %s failed: %s", adapter.name, exc.__class__.__name__)
 
 
-def _outbound(row: ChatMessage) -> OutboundMessage:
+def _outbound(row: OutboxRow) -> OutboundMessage:
     return OutboundMessage(
         ref=str(row.id),
         channel_user_id=row.channel_user_id,

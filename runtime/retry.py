@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 6
+    # With these defaults the last try comes about half an hour after the first:
+    # a provider outage of that length loses nothing.
+    max_attempts: int = 12
     base_seconds: float = 2.0
     cap_seconds: float = 600.0
     max_age: timedelta = timedelta(hours=24)
@@ -23,5 +25,10 @@ class RetryPolicy:
         ceiling = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
         return self.jitter.uniform(ceiling / 2, ceiling)
 
-    def gives_up(self, attempts: int, created_at: datetime, now: datetime) -> bool:
-        return attempts >= self.max_attempts or now - created_at > self.max_age
+    def gives_up(
+        self, attempts: int, created_at: datetime, now: datetime, *, throttled: bool = False
+    ) -> bool:
+        """A provider that only asks us to wait (retry_after) is not failing: such tries
+        do not count towards `max_attempts`, only towards `max_age`."""
+        too_old = now - created_at > self.max_age
+        return too_old or (not throttled and attempts >= self.max_attempts)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -15,11 +16,12 @@ from leadline.adapters.registry import Registry
 from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
 from leadline.runtime.channels import Channels, ChannelState
-from leadline.runtime.dispatcher import Dispatcher
+from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.replies import ReplyWorker
+from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
@@ -103,6 +105,16 @@ async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
         log.warning("shutdown: %s took over %.0f s; going on", what, STEP_SECONDS)
 
 
+def delivery_options(settings: Settings) -> DeliveryOptions:
+    return DeliveryOptions(
+        lease=timedelta(seconds=settings.send_lease_seconds),
+        policy=RetryPolicy(
+            max_attempts=settings.send_max_attempts,
+            max_age=timedelta(hours=settings.send_max_age_hours),
+        ),
+    )
+
+
 async def open_service(
     settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
 ) -> Service:
@@ -122,7 +134,7 @@ async def open_service(
         raise
     public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
     channels = Channels.build(brokers, registry, public_url)
-    dispatcher = Dispatcher(sessions, channels)
+    dispatcher = Dispatcher(sessions, channels, options=delivery_options(settings))
     replies = ReplyWorker(sessions, brokers.brokers, on_queued=dispatcher.wake)
     pipeline = InboundPipeline(sessions, on_stored=replies.wake)
     service = Service(

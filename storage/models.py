@@ -25,6 +25,9 @@ def _enum(enum_type: type) -> sa.Enum:
     )
 
 
+PENDING_OUT = sa.text("status = 'pending' AND direction = 'out'")
+
+
 def _created() -> Any:
     return Field(
         default_factory=utcnow,
@@ -92,6 +95,16 @@ class ChatMessage(SQLModel, table=True):
         # The dispatcher's and the reply worker's scans.
         sa.Index("ix_chat_messages_outbox", "direction", "status", "send_after"),
         sa.Index("ix_chat_messages_unhandled", "direction", "handled_at"),
+        # The outbox's heads: the earliest pending row of each recipient.
+        sa.Index(
+            "ix_chat_messages_pending_out",
+            "broker_id",
+            "provider",
+            "channel_user_id",
+            "id",
+            sqlite_where=PENDING_OUT,
+            postgresql_where=PENDING_OUT,
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
@@ -120,6 +133,9 @@ class ChatMessage(SQLModel, table=True):
     error: str | None = None
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0", "nullable": False})
     send_after: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Outbound rows: a sender took the row until then (it is in flight); when it went out.
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Inbound rows: when the reply rules ran for it, so a restart resumes the rest.
     handled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = _created()
@@ -146,3 +162,19 @@ class EarlyStatus(SQLModel, table=True):
     status: MessageStatus = Field(sa_type=_enum(MessageStatus))
     error: str | None = None
     created_at: datetime = _created()
+
+
+class DeliveryPause(SQLModel, table=True):
+    """A provider asked a whole channel (one broker's account) to wait.
+
+    Kept in the database so that every process, a restart and `leadline status`
+    see it; a pause of one chat is its row's `send_after` instead.
+    """
+
+    __tablename__ = "delivery_pauses"
+
+    broker_id: str = Field(primary_key=True, max_length=64)
+    provider: str = Field(primary_key=True, max_length=32)
+    until: datetime = Field(sa_type=UTCDateTime)
+    reason: str | None = None
+    updated_at: datetime = _created()

@@ -1,8 +1,16 @@
-"""The outbox: outbound `chat_messages` rows from `pending` to `sent` or `failed`."""
+"""The outbox: outbound `chat_messages` rows from `pending` to `sent` or `failed`.
+
+A row goes out only when it is its recipient's head: no earlier row to the
+same chat is still waiting to go (due, being retried or in flight). A sender
+takes a row with a lease (`lease_until`) and counts the attempt before it
+calls the provider; a row whose sender died is taken again when the lease
+runs out. Every query names its status and direction as literals, so both
+databases use the partial index of pending outbound rows.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,8 +22,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus
 from leadline.storage.messages import apply_early_statuses
-from leadline.storage.models import ChatMessage
+from leadline.storage.models import ChatMessage, DeliveryPause, EarlyStatus
 from leadline.storage.types import utcnow
+
+ChannelKey = tuple[str, str]  # broker, provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,61 @@ class QueuedMessage:
     send_after: datetime | None = None
     ai_response_used: bool = False
     provider_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """What a sender needs of a due row."""
+
+    id: int
+    broker_id: str
+    provider: str
+    channel_user_id: str
+    message_text: str | None
+    attachments: list[dict[str, Any]]
+    provider_metadata: dict[str, Any]
+    attempts: int
+    created_at: datetime
+
+    @property
+    def recipient(self) -> tuple[str, str, str]:
+        return self.broker_id, self.provider, self.channel_user_id
+
+
+# --- what a send ended with ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    id: int
+    channel_message_id: str
+    status: MessageStatus = MessageStatus.SENT
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    id: int
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Taken but not sent (the chat moved, the channel went down): due again now."""
+
+    id: int
+
+
+Outcome = Sent | Failed | Retry | Released
+
+
+# --- queueing -----------------------------------------------------------------------
 
 
 async def enqueue(session: AsyncSession, message: QueuedMessage) -> int:
@@ -56,97 +121,268 @@ async def enqueue(session: AsyncSession, message: QueuedMessage) -> int:
     return row.id
 
 
-async def due_messages(session: AsyncSession, now: datetime, limit: int) -> list[ChatMessage]:
-    """Pending outbound rows whose time has come, oldest first.
+# --- finding and taking due rows ----------------------------------------------------
 
-    A row is held back while an earlier row to the same recipient waits for
-    its retry, so a retry never lets later messages overtake it.
+
+def _literal(value: str) -> Any:
+    # Rendered into the SQL (not bound), so the planner can match the partial index.
+    return sa.literal(value, literal_execute=True)
+
+
+def _pending_out(table: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        table.direction == _literal(Direction.OUT.value),
+        table.status == _literal(MessageStatus.PENDING.value),
+    )
+
+
+def _waits_first(now: datetime) -> sa.ColumnElement[bool]:
+    """An earlier row to the same recipient must go before this one.
+
+    Every earlier pending row does, except one scheduled for later that was
+    never tried: a message planned for tomorrow does not hold up today's.
     """
     earlier = aliased(ChatMessage)
-    waiting_retry = (
+    return (
         select(earlier.id)
         .where(
-            col(earlier.direction) == Direction.OUT,
-            col(earlier.status) == MessageStatus.PENDING,
+            _pending_out(earlier),
             col(earlier.broker_id) == col(ChatMessage.broker_id),
             col(earlier.provider) == col(ChatMessage.provider),
             col(earlier.channel_user_id) == col(ChatMessage.channel_user_id),
             col(earlier.id) < col(ChatMessage.id),
-            col(earlier.attempts) > 0,
-            col(earlier.send_after) > now,
+            sa.or_(
+                col(earlier.attempts) > 0,
+                col(earlier.send_after).is_(None),
+                col(earlier.send_after) <= now,
+            ),
         )
         .exists()
     )
-    query = (
-        select(ChatMessage)
+
+
+def _takeable(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        _pending_out(ChatMessage),
+        sa.or_(col(ChatMessage.send_after).is_(None), col(ChatMessage.send_after) <= now),
+        sa.or_(col(ChatMessage.lease_until).is_(None), col(ChatMessage.lease_until) <= now),
+        ~_waits_first(now),
+    )
+
+
+def _paused(now: datetime) -> sa.ColumnElement[bool]:
+    return (
+        select(DeliveryPause.broker_id)
         .where(
-            col(ChatMessage.direction) == Direction.OUT,
-            col(ChatMessage.status) == MessageStatus.PENDING,
-            sa.or_(col(ChatMessage.send_after).is_(None), col(ChatMessage.send_after) <= now),
-            ~waiting_retry,
+            col(DeliveryPause.broker_id) == col(ChatMessage.broker_id),
+            col(DeliveryPause.provider) == col(ChatMessage.provider),
+            col(DeliveryPause.until) > now,
         )
-        .order_by(col(ChatMessage.id))
-        .limit(limit)
+        .exists()
     )
-    return list((await session.exec(query)).all())
 
 
-async def next_due_at(session: AsyncSession) -> datetime | None:
-    """When the earliest delayed pending row becomes due."""
-    query = select(sa.func.min(ChatMessage.send_after)).where(
-        col(ChatMessage.direction) == Direction.OUT,
-        col(ChatMessage.status) == MessageStatus.PENDING,
-    )
-    return (await session.exec(query)).first()
+OUTBOX_COLUMNS = (
+    ChatMessage.id,
+    ChatMessage.broker_id,
+    ChatMessage.provider,
+    ChatMessage.channel_user_id,
+    ChatMessage.message_text,
+    ChatMessage.attachments,
+    ChatMessage.provider_metadata,
+    ChatMessage.attempts,
+    ChatMessage.created_at,
+)
 
 
-async def claim(session: AsyncSession, message_id: int, attempts_seen: int) -> bool:
-    """Take a pending row for one send attempt, counting the attempt before the call.
+async def due_heads(
+    session: AsyncSession, now: datetime, budgets: Mapping[ChannelKey, int]
+) -> list[OutboxRow]:
+    """The rows that may go now, oldest first, one per recipient, at most `budgets[channel]`
+    per channel: a channel with a long queue never crowds out the others."""
+    parts = []
+    for (broker_id, provider), budget in budgets.items():
+        if budget <= 0:
+            continue
+        part = (
+            sa.select(*OUTBOX_COLUMNS)
+            .where(
+                col(ChatMessage.broker_id) == broker_id,
+                col(ChatMessage.provider) == provider,
+                _takeable(now),
+                ~_paused(now),
+            )
+            .order_by(col(ChatMessage.id))
+            .limit(budget)
+            .subquery()
+        )
+        parts.append(sa.select(part))
+    if not parts:
+        return []
+    query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+    result = await session.exec(query)
+    return sorted((OutboxRow(*row) for row in result.all()), key=lambda row: row.id)
 
-    The row is taken only if it is still pending with the attempts the caller
-    read: a second sender holding a stale copy (another cycle, another process)
-    gets False and must not send.
+
+async def claim_many(
+    session: AsyncSession, ids: Collection[int], now: datetime, lease_until: datetime
+) -> set[int]:
+    """Take rows for one send attempt each; returns those taken.
+
+    A row is taken only while it is still its recipient's head and no other
+    sender holds it, so two processes never send the same row, nor two rows to
+    one chat at once.
     """
+    if not ids:
+        return set()
     result = await session.exec(
         sa.update(ChatMessage)
-        .where(
-            col(ChatMessage.id) == message_id,
-            col(ChatMessage.status) == MessageStatus.PENDING,
-            col(ChatMessage.attempts) == attempts_seen,
+        .where(col(ChatMessage.id).in_(list(ids)), _takeable(now))
+        .values(
+            lease_until=lease_until, attempts=col(ChatMessage.attempts) + 1, updated_at=utcnow()
         )
-        .values(attempts=attempts_seen + 1, updated_at=utcnow())
+        .returning(ChatMessage.id)
     )
-    return result.rowcount > 0
+    return {row[0] for row in result.all()}
+
+
+async def claim(
+    session: AsyncSession, message_id: int, now: datetime, lease_until: datetime
+) -> bool:
+    return message_id in await claim_many(session, [message_id], now, lease_until)
+
+
+async def unroutable(
+    session: AsyncSession, routable: Collection[ChannelKey], limit: int = 500
+) -> list[tuple[int, str, str]]:
+    """Pending rows for a channel that is not configured or disabled: (id, broker, provider)."""
+    query = sa.select(ChatMessage.id, ChatMessage.broker_id, ChatMessage.provider).where(
+        _pending_out(ChatMessage)
+    )
+    if routable:
+        keys = sa.tuple_(col(ChatMessage.broker_id), col(ChatMessage.provider))
+        query = query.where(~keys.in_(list(routable)))
+    result = await session.exec(query.order_by(col(ChatMessage.id)).limit(limit))
+    return [(row[0], row[1], row[2]) for row in result.all()]
+
+
+async def next_due_at(session: AsyncSession, now: datetime) -> datetime | None:
+    """The next moment a pending row may become due: a send_after, a lease or a pause ends."""
+    later = (
+        sa.select(sa.func.min(ChatMessage.send_after))
+        .where(_pending_out(ChatMessage), col(ChatMessage.send_after) > now)
+        .scalar_subquery()
+    )
+    leases = (
+        sa.select(sa.func.min(ChatMessage.lease_until))
+        .where(_pending_out(ChatMessage), col(ChatMessage.lease_until) > now)
+        .scalar_subquery()
+    )
+    pauses = (
+        sa.select(sa.func.min(DeliveryPause.until))
+        .where(col(DeliveryPause.until) > now)
+        .scalar_subquery()
+    )
+    found = (await session.exec(sa.select(later, leases, pauses))).one()
+    times = [t for t in found if t is not None]
+    return min(times) if times else None
+
+
+# --- recording what happened ------------------------------------------------------------
+
+
+async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
+    """Store how sends ended, many rows per statement; only rows still pending change."""
+    now = utcnow()
+    still_pending = sa.and_(
+        col(ChatMessage.id) == sa.bindparam("row_id"), _pending_out(ChatMessage)
+    )
+    sent = [o for o in outcomes if isinstance(o, Sent)]
+    updates: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
+        (
+            {
+                "channel_message_id": sa.bindparam("cmid"),
+                "status": sa.bindparam("new_status"),
+                "error": None,
+                "sent_at": now,
+            },
+            [{"row_id": o.id, "cmid": o.channel_message_id, "new_status": o.status} for o in sent],
+        ),
+        (
+            {"status": MessageStatus.FAILED, "error": sa.bindparam("why")},
+            [{"row_id": o.id, "why": o.error} for o in outcomes if isinstance(o, Failed)],
+        ),
+        (
+            {"error": sa.bindparam("why"), "send_after": sa.bindparam("retry_at")},
+            [
+                {"row_id": o.id, "why": o.error, "retry_at": o.at}
+                for o in outcomes
+                if isinstance(o, Retry)
+            ],
+        ),
+        ({}, [{"row_id": o.id} for o in outcomes if isinstance(o, Released)]),
+    ]
+    for values, params in updates:
+        if params:
+            statement = (
+                sa.update(ChatMessage)
+                .where(still_pending)
+                .values(lease_until=None, updated_at=now, **values)
+            )
+            await (await session.connection()).execute(statement, params)
+    if sent:
+        await _apply_early(session, sent)
+
+
+async def _apply_early(session: AsyncSession, sent: Sequence[Sent]) -> None:
+    """Status reports that beat their send call back: apply them now."""
+    ids = [o.channel_message_id for o in sent]
+    found = await session.exec(
+        sa.select(ChatMessage.broker_id, ChatMessage.provider, ChatMessage.channel_message_id)
+        .join(
+            EarlyStatus,
+            sa.and_(
+                col(EarlyStatus.broker_id) == col(ChatMessage.broker_id),
+                col(EarlyStatus.provider) == col(ChatMessage.provider),
+                col(EarlyStatus.channel_message_id) == col(ChatMessage.channel_message_id),
+            ),
+        )
+        .where(
+            col(ChatMessage.id).in_([o.id for o in sent]),
+            col(EarlyStatus.channel_message_id).in_(ids),
+        )
+        .distinct()
+    )
+    for broker_id, provider, channel_message_id in found.all():
+        await apply_early_statuses(session, broker_id, provider, channel_message_id)
 
 
 async def mark_sent(
-    session: AsyncSession, message_id: int, channel_message_id: str, status: MessageStatus
+    session: AsyncSession,
+    message_id: int,
+    channel_message_id: str,
+    status: MessageStatus = MessageStatus.SENT,
 ) -> None:
-    """Record the provider's id, then apply any status report that beat us to it."""
-    result = await session.exec(
-        sa.update(ChatMessage)
-        .where(col(ChatMessage.id) == message_id, col(ChatMessage.status) == MessageStatus.PENDING)
-        .values(
-            channel_message_id=channel_message_id, status=status, error=None, updated_at=utcnow()
+    await record(session, [Sent(message_id, channel_message_id, status)])
+
+
+# --- pauses of a whole channel -------------------------------------------------------------
+
+
+async def pause_channel(
+    session: AsyncSession, broker_id: str, provider: str, until: datetime, reason: str
+) -> None:
+    """Hold back a channel's sends until then (a pause already longer is kept)."""
+    found = await session.get(DeliveryPause, (broker_id, provider))
+    if found is None:
+        session.add(
+            DeliveryPause(broker_id=broker_id, provider=provider, until=until, reason=reason)
         )
-        .returning(ChatMessage.broker_id, ChatMessage.provider)
-    )
-    found = result.first()
-    if found is not None:
-        await apply_early_statuses(session, found[0], found[1], channel_message_id)
+    elif found.until < until:
+        found.until, found.reason, found.updated_at = until, reason, utcnow()
+    await session.flush()
 
 
-async def mark_failed(session: AsyncSession, message_id: int, error: str) -> None:
-    await session.exec(
-        sa.update(ChatMessage)
-        .where(col(ChatMessage.id) == message_id, col(ChatMessage.status) == MessageStatus.PENDING)
-        .values(status=MessageStatus.FAILED, error=error, updated_at=utcnow())
-    )
-
-
-async def postpone(session: AsyncSession, message_id: int, error: str, until: datetime) -> None:
-    await session.exec(
-        sa.update(ChatMessage)
-        .where(col(ChatMessage.id) == message_id, col(ChatMessage.status) == MessageStatus.PENDING)
-        .values(error=error, send_after=until, updated_at=utcnow())
-    )
+async def active_pauses(session: AsyncSession, now: datetime) -> dict[ChannelKey, DeliveryPause]:
+    result = await session.exec(select(DeliveryPause).where(col(DeliveryPause.until) > now))
+    return {(p.broker_id, p.provider): p for p in result.all()}

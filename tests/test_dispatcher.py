@@ -21,7 +21,6 @@ from leadline.runtime.dispatcher import Dispatcher
 from leadline.runtime.retry import RetryPolicy
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.leads import ChannelIdentity, ensure_lead
-from leadline.storage.models import ChatMessage
 from leadline.storage.outbox import QueuedMessage, enqueue
 from tests.conftest import DEMO_TOML, TEST_ENV, load_test_brokers, make_settings
 from tests.helpers import as_utc, rows
@@ -168,15 +167,19 @@ async def test_a_retrying_message_holds_back_later_ones_to_the_same_chat_only(wo
     assert (await world.row(first))["status"] == (await world.row(other))["status"] == "sent"
 
 
-async def test_a_stale_copy_of_a_row_is_never_sent_again(world: World):
-    message_id = await world.queue("u1", "hello")
-    async with world.sessions() as session:
-        stale = await session.get(ChatMessage, message_id)
-    assert stale is not None
-    await world.run_cycles()
-    assert await world.dispatcher.deliver(stale)  # as a racing cycle would, with old data
-    assert [m.text for m in world.adapter.sent] == ["hello"]
-    assert (await world.row(message_id))["attempts"] == 1
+async def test_two_dispatchers_on_one_database_send_each_row_once_and_in_order(world: World):
+    """As two processes would: each takes rows with a lease, so none goes twice."""
+    other = Dispatcher(world.sessions, world.channels, clock=world.clock)
+    for i in range(12):
+        await world.queue(f"u{i % 3}", f"m{i}")
+    for _ in range(6):
+        await asyncio.gather(world.dispatcher.cycle(), other.cycle())
+        await asyncio.gather(world.dispatcher.drain_in_flight(), other.drain_in_flight())
+    texts = [m.text for m in world.adapter.sent]
+    assert sorted(texts) == sorted(f"m{i}" for i in range(12))  # each exactly once
+    for user in range(3):
+        mine = [m.text for m in world.adapter.sent if m.channel_user_id == f"u{user}"]
+        assert mine == [f"m{i}" for i in range(user, 12, 3)]
 
 
 async def test_never_two_sends_in_flight_to_one_chat(world: World):
@@ -197,7 +200,7 @@ async def test_never_two_sends_in_flight_to_one_chat(world: World):
     # Several cycles racing the sends, as wake-ups would cause.
     await asyncio.gather(*(world.dispatcher.cycle() for _ in range(5)))
     await world.dispatcher.drain_in_flight()
-    await world.run_cycles()
+    await world.run_cycles(3)  # one message per chat per cycle
     assert most == {"u0": 1, "u1": 1}
     sent = await rows(world.sessions.kw["bind"], "SELECT status FROM chat_messages")
     assert {r["status"] for r in sent} == {"sent"}
@@ -240,9 +243,7 @@ async def test_message_for_a_down_channel_waits_for_it(world: World):
     await world.run_cycles()
     row = await world.row(message_id)
     assert (row["status"], row["attempts"]) == ("pending", 0)
-    assert "token revoked" in row["error"]
     channel.state = ChannelState.UP
-    world.clock.advance(31)
     await world.run_cycles()
     assert (await world.row(message_id))["status"] == "sent"
 

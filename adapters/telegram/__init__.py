@@ -37,6 +37,7 @@ from leadline.adapters.base import (
     Inbox,
     MalformedPayload,
     OutboundMessage,
+    PauseScope,
     PermanentSendError,
     RateLimit,
     RecipientMoved,
@@ -75,6 +76,7 @@ MEDIA_METHODS = {
 }
 FIRST_BACKOFF, LAST_BACKOFF = 1.0, 60.0
 REVOKED_BACKOFF = 300.0  # a rejected token is retried rarely: it will not fix itself soon
+SEND_TIMEOUT = 30  # seconds; the outbox lease (LEADLINE_SEND_LEASE_SECONDS) must be longer
 
 
 class TelegramConfig(ProviderConfig):
@@ -293,7 +295,10 @@ class TelegramAdapter(Adapter):
         except tg.TelegramBadRequest as exc:
             raise PermanentSendError(exc.message, code="400") from None
         except tg.TelegramUnauthorizedError:
-            raise RetryableSendError("bot token rejected", code="401", retry_after=60) from None
+            # The whole bot is refused, not this chat: hold back all of its sends.
+            raise RetryableSendError(
+                "bot token rejected", code="401", retry_after=60, scope=PauseScope.CHANNEL
+            ) from None
         except (
             tg.TelegramServerError,
             tg.TelegramNetworkError,
@@ -315,7 +320,11 @@ class TelegramAdapter(Adapter):
             if not text:
                 raise PermanentSendError("nothing to send: no text and no media", code="empty")
             return await self.bot.send_message(
-                chat_id, text, parse_mode="HTML", reply_parameters=reply
+                chat_id,
+                text,
+                parse_mode="HTML",
+                reply_parameters=reply,
+                request_timeout=SEND_TIMEOUT,
             )
         last: Message | None = None
         for index, item in enumerate(media):
@@ -327,12 +336,23 @@ class TelegramAdapter(Adapter):
                 caption=caption,
                 parse_mode="HTML",
                 reply_parameters=reply if index == 0 else None,
+                request_timeout=SEND_TIMEOUT,
             )
         assert last is not None
         return last
 
+    def recipient_limits(self, channel_user_id: str) -> Sequence[RateLimit]:
+        limits = super().recipient_limits(channel_user_id)
+        group = self.capabilities.per_group_rate_limit
+        # Group and channel chats have negative ids or an @name; users have positive ids.
+        if group is not None and not channel_user_id.isdigit():
+            return (*limits, group)
+        return limits
+
     async def send_typing(self, channel_user_id: str) -> None:
-        await self.bot.send_chat_action(_chat_id(channel_user_id), "typing")
+        await self.bot.send_chat_action(
+            _chat_id(channel_user_id), "typing", request_timeout=SEND_TIMEOUT
+        )
 
     # --- webhook management and media -------------------------------------------------
 

@@ -1,0 +1,107 @@
+"""Group commit: many callers' small writes stored together in one transaction.
+
+Each caller still waits for its own item's commit. Items submitted while a
+transaction runs go into the next one, so the database sees one commit for
+many items under load and one per item when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+T = TypeVar("T")
+R = TypeVar("R")
+Apply = Callable[[AsyncSession, Sequence[T]], Awaitable[Sequence[R]]]
+
+
+@dataclass(slots=True)
+class _Item(Generic[T, R]):
+    value: T
+    done: asyncio.Future[R]
+
+
+class GroupCommit(Generic[T, R]):
+    """`apply(session, items)` runs inside the transaction and returns one result per item.
+
+    Until `start` (and after `stop`) every item is its own transaction.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        apply: Apply[T, R],
+        name: str,
+        max_batch: int = 500,
+    ) -> None:
+        self._sessions = sessions
+        self._apply = apply
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Item[T, R] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=self._name)
+
+    async def stop(self) -> None:
+        """Commit what is queued; later items are committed one by one."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put_nowait(None)
+            await writer
+
+    async def submit(self, value: T) -> R:
+        item: _Item[T, R] = _Item(value, asyncio.get_running_loop().create_future())
+        if self._writer is None:
+            await self._commit([item])
+        else:
+            self._queue.put_nowait(item)
+        return await item.done
+
+    async def _write(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            if self._queue.empty():
+                await asyncio.sleep(0)  # let the callers running right now join this commit
+            batch, last = [first], False
+            while len(batch) < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    last = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+            if last:
+                return
+
+    async def _commit(self, batch: list[_Item[T, R]]) -> None:
+        try:
+            async with self._sessions() as session, session.begin():
+                results = await self._apply(session, [item.value for item in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            # One bad item must not fail the others: each alone, so only it fails.
+            for item in batch:
+                await self._commit([item])
+            return
+        for item, result in zip(batch, results, strict=True):
+            _settle(item, result)
+
+
+def _settle(item: _Item[T, R], result: R | BaseException) -> None:
+    if item.done.done():  # the caller went away
+        return
+    if isinstance(result, BaseException):
+        item.done.set_exception(result)
+    else:
+        item.done.set_result(result)
