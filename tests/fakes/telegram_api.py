@@ -31,7 +31,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -49,7 +49,7 @@ TERMINATED_BY_OTHER = (
 BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
 HTTPS_REQUIRED = "An HTTPS URL must be provided for webhook"
-FAULT_KINDS = frozenset({"429", "500", "502", "502-html", "409", "drop"})
+FAULT_KINDS = frozenset({"429", "500", "502", "502-html", "409", "drop", "slow"})
 # What nginx in front of the Bot API answers when the backend is down: not JSON at all.
 NGINX_502 = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -145,6 +145,7 @@ class SentCall:
     method: str
     params: dict[str, Any]
     result: Any
+    at: float = field(default_factory=time.monotonic)  # when the fake accepted it
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,8 @@ class Fault:
     remaining: int
     retry_after: int
     description: str | None
+    chat_id: int | str | None = None  # only calls to this chat; None for any
+    delay: float = 0.0  # "slow": seconds before the (normal) answer
 
 
 @dataclass
@@ -203,6 +206,7 @@ class FakeBot:
         self.allowed_updates: list[str] | None = None  # persists between getUpdates, as in Telegram
         self.revoked = False
         self.faults: list[Fault] = []
+        self.latency = 0.0  # seconds every answer takes (a slow API)
         self._update_ids = itertools.count(100000001)
         self._message_ids = itertools.count(1)  # shared by incoming and sent messages
         self._serials = itertools.count(1)  # file ids, file paths, callback ids
@@ -232,15 +236,19 @@ class FakeBot:
         *,
         retry_after: int = 3,
         description: str | None = None,
+        chat_id: int | str | None = None,
+        delay: float = 0.0,
     ) -> None:
         """Make the next `count` calls of `method` ("*" for any) fail as `kind`.
 
         Kinds: "429" (with retry_after), "500", "502" (JSON), "502-html" (nginx's HTML
-        page), "409", "drop" (the connection is closed without an answer).
+        page), "409", "drop" (the connection is closed without an answer), "slow" (the
+        normal answer after `delay` seconds). With `chat_id`, only calls to that chat.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        self.faults.append(Fault(method.lower(), kind, count, retry_after, description))
+        fault = Fault(method.lower(), kind, count, retry_after, description, chat_id, delay)
+        self.faults.append(fault)
 
     def add_file(self, file_id: str, content: bytes, file_path: str | None = None) -> str:
         """Register a downloadable file for getFile; returns its file_path."""
@@ -412,8 +420,10 @@ class FakeBot:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _take_fault(self, method: str) -> Fault | None:
+    def _take_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
         for fault in self.faults:
+            if fault.chat_id is not None and params.get("chat_id") != fault.chat_id:
+                continue
             if fault.method in (method.lower(), "*"):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -532,8 +542,12 @@ class FakeTelegram:
             return _error(ApiError(401, UNAUTHORIZED))
         if bad_params is not None:
             return _error(bad_params)
-        fault = bot._take_fault(method)
-        if fault is not None:
+        if bot.latency:
+            await asyncio.sleep(bot.latency)
+        fault = bot._take_fault(method, params)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+        elif fault is not None:
             return _fault_response(request, fault)
         handler = self._handlers.get(method.lower())
         if handler is None:
