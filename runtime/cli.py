@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import sqlalchemy as sa
 from aiohttp import web
 from dotenv import dotenv_values
 from pydantic import ValidationError
@@ -20,8 +22,10 @@ from leadline.config.loader import load_brokers_file
 from leadline.config.settings import Settings
 from leadline.runtime.http import build_app
 from leadline.runtime.logs import Redactor, configure_logging
-from leadline.storage.engine import DatabaseUrlError, make_engine, safe_url
+from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
+from leadline.storage.engine import DatabaseUrlError, make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import current_revision, upgrade
+from leadline.storage.types import utcnow
 
 log = logging.getLogger("leadline")
 
@@ -91,6 +95,52 @@ def cmd_db_upgrade(settings: Settings) -> int:
     return 0
 
 
+def cmd_status(settings: Settings, as_json: bool = False) -> int:
+    """The outbox per broker and provider, read from the database the service uses."""
+    _, brokers = load(settings)
+
+    async def read() -> dict[tuple[str, str], DeliveryCounts]:
+        engine = make_engine(settings.database_url)
+        try:
+            async with make_session_factory(engine)() as session:
+                return await delivery_counts(session, utcnow())
+        finally:
+            await engine.dispose()
+
+    try:
+        counts = asyncio.run(read())
+    except sa.exc.DBAPIError as exc:
+        print(
+            f"error: cannot read the outbox ({exc.__class__.__name__}); "
+            "is the database migrated? (leadline db upgrade)",
+            file=sys.stderr,
+        )
+        return 2
+    keys = {(b.id, p) for b in brokers.brokers.values() for p in [*b.providers, *b.disabled]}
+    table = {key: counts.get(key, DeliveryCounts()) for key in sorted(keys | set(counts))}
+    if as_json:
+        print(
+            json.dumps([{"broker": b, "provider": p, **c.as_json()} for (b, p), c in table.items()])
+        )
+        return 0
+    print(STATUS_HEADER)
+    for (broker_id, provider), found in table.items():
+        pause = "-"
+        if found.paused_until is not None:
+            pause = f"until {found.paused_until:%Y-%m-%d %H:%M:%S} UTC ({found.pause_reason})"
+        print(
+            f"{broker_id:<16} {provider:<10} {found.queued:>7} {found.retrying:>9} "
+            f"{found.in_flight:>9} {found.sent_last_hour:>8} {found.failed_last_hour:>9}  {pause}"
+        )
+    return 0
+
+
+STATUS_HEADER = (
+    f"{'BROKER':<16} {'PROVIDER':<10} {'QUEUED':>7} {'RETRYING':>9} "
+    f"{'IN FLIGHT':>9} {'SENT 1H':>8} {'FAILED 1H':>9}  PAUSE"
+)
+
+
 def cmd_adapters(settings: Settings) -> int:
     registry = discover(settings.plugins_dir)
     for entry in sorted(registry.entries.values(), key=lambda e: e.name):
@@ -111,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
         "upgrade", help="apply the migrations"
     )
     commands.add_parser("adapters", help="list the adapters found and where from")
+    status = commands.add_parser(
+        "status", help="outbound messages per broker and provider: queued, in flight, sent, failed"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return top
 
 
@@ -130,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": cmd_check,
         "db": cmd_db_upgrade,
         "adapters": cmd_adapters,
+        "status": lambda s: cmd_status(s, as_json=args.json),
     }
     try:
         return commands[args.command](settings)

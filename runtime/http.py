@@ -21,6 +21,8 @@ from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import PipelineStopped
 from leadline.runtime.service import Service, open_service
+from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
+from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +201,24 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             await conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         database = f"unreachable: {exc.__class__.__name__}"
+    counts = await _delivery_counts(service) if database == "ok" else {}
     brokers: dict[str, dict[str, object]] = {}
     for channel in service.channels:
         broker = brokers.setdefault(
             channel.broker.id, {"name": channel.broker.name, "providers": {}}
         )
-        state: dict[str, str] = {"state": channel.state.value}
+        state: dict[str, object] = {"state": channel.state.value}
         if channel.reason:
             state["reason"] = service.redactor.redact(channel.reason)
+        state["delivery"] = counts.get(channel.key, DeliveryCounts()).as_json()
         broker["providers"][channel.provider] = state  # type: ignore[index]
     for broker_id in sorted(service.brokers.invalid):
         brokers[broker_id] = {"state": "invalid", "reason": "configuration error (leadline check)"}
     healthy = database == "ok"
     body = {"status": "ok" if healthy else "degraded", "database": database, "brokers": brokers}
     return web.json_response(body, status=200 if healthy else 503)
+
+
+async def _delivery_counts(service: Service) -> dict[tuple[str, str], DeliveryCounts]:
+    async with service.sessions() as session:
+        return await delivery_counts(session, utcnow())

@@ -22,6 +22,7 @@ from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.replies import ReplyWorker
 from leadline.runtime.retry import RetryPolicy
+from leadline.runtime.sending import Outgoing, queue_message
 from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
@@ -52,6 +53,13 @@ class Service:
             assert channel is not None
             self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, channel)
         return self._inboxes[key]
+
+    async def queue(self, message: Outgoing) -> int:
+        """Queue a message for a lead (see `queue_message`) and wake the dispatcher."""
+        async with self.sessions() as session, session.begin():
+            message_id = await queue_message(session, self.brokers.brokers, message)
+        self.dispatcher.wake()
+        return message_id
 
     async def stop(self) -> None:
         """Stop taking work, finish what was taken, then close every channel.

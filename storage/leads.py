@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from leadline.config.vocabulary import Direction
 from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.models import ChatMessage, Lead, LeadChannel
 from leadline.storage.types import utcnow
@@ -160,3 +161,32 @@ async def rekey_channel(
         .where(col(ChatMessage.channel_user_id) == old, col(ChatMessage.status) == "pending")
         .values(channel_user_id=new)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LeadChannelRef:
+    provider: str
+    channel_user_id: str
+    channel_username: str | None
+
+
+async def lead_channels(
+    session: AsyncSession, broker_id: str, lead_id: int
+) -> list[LeadChannelRef]:
+    """A lead's channels, the one it last wrote on first (then the newest)."""
+    last_inbound = (
+        select(sa.func.max(ChatMessage.id))
+        .where(
+            col(ChatMessage.lead_id) == lead_id,
+            col(ChatMessage.provider) == col(LeadChannel.provider),
+            col(ChatMessage.channel_user_id) == col(LeadChannel.channel_user_id),
+            col(ChatMessage.direction) == Direction.IN,
+        )
+        .scalar_subquery()
+    )
+    query = (
+        select(LeadChannel.provider, LeadChannel.channel_user_id, LeadChannel.channel_username)
+        .where(col(LeadChannel.broker_id) == broker_id, col(LeadChannel.lead_id) == lead_id)
+        .order_by(sa.func.coalesce(last_inbound, 0).desc(), col(LeadChannel.id).desc())
+    )
+    return [LeadChannelRef(*row) for row in (await session.exec(query)).all()]

@@ -95,6 +95,8 @@ class ChatMessage(SQLModel, table=True):
         # The dispatcher's and the reply worker's scans.
         sa.Index("ix_chat_messages_outbox", "direction", "status", "send_after"),
         sa.Index("ix_chat_messages_unhandled", "direction", "handled_at"),
+        # What went out or failed lately (`leadline status`, /healthz).
+        sa.Index("ix_chat_messages_recent", "direction", "updated_at"),
         # The outbox's heads: the earliest pending row of each recipient.
         sa.Index(
             "ix_chat_messages_pending_out",

@@ -31,14 +31,15 @@ async def test_healthz_reports_each_brokers_providers_with_reasons(make_app: App
     assert response.status == 200
     body = await response.json()
     assert body["status"] == "ok" and body["database"] == "ok"
-    assert body["brokers"]["demo"]["providers"] == {
-        "webchat": {"state": "up"},
-        "signed": {"state": "up"},
-    }
+    demo = body["brokers"]["demo"]["providers"]
+    assert {name: p["state"] for name, p in demo.items()} == {"webchat": "up", "signed": "up"}
     revoked = body["brokers"]["revoked"]["providers"]
     assert revoked["signed"]["state"] == "down"
     assert revoked["signed"]["reason"] == "PermissionError: credential *** was revoked"
-    assert revoked["webchat"] == {"state": "disabled", "reason": "enabled = false"}
+    assert (revoked["webchat"]["state"], revoked["webchat"]["reason"]) == (
+        "disabled",
+        "enabled = false",
+    )
     assert body["brokers"]["broken"]["state"] == "invalid"
     assert "revoked-secret-value" not in await response.text()
 

@@ -25,6 +25,7 @@ def upgrade() -> None:
     with op.batch_alter_table("chat_messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_until", UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("sent_at", UTCDateTime(), nullable=True))
+        batch_op.create_index("ix_chat_messages_recent", ["direction", "updated_at"], unique=False)
         batch_op.create_index(
             "ix_chat_messages_pending_out",
             ["broker_id", "provider", "channel_user_id", "id"],
@@ -47,5 +48,6 @@ def downgrade() -> None:
     op.drop_table("delivery_pauses")
     with op.batch_alter_table("chat_messages", schema=None) as batch_op:
         batch_op.drop_index("ix_chat_messages_pending_out")
+        batch_op.drop_index("ix_chat_messages_recent")
         batch_op.drop_column("sent_at")
         batch_op.drop_column("lease_until")

@@ -1,0 +1,88 @@
+"""Queue a message for a lead: how rules, the scheduler and the HTTP API send.
+
+Nothing is sent here: the message becomes a pending outbound row, and the
+dispatcher takes it from there (rate limits, retries, statuses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from leadline.adapters.base import Attachment
+from leadline.config.brokers import BrokerConfig
+from leadline.storage.leads import LeadChannelRef, lead_channels
+from leadline.storage.outbox import QueuedMessage, enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for a lead. Without `provider`, it goes on the broker's
+    `default_provider` if the lead is there, else on the channel the lead last wrote on."""
+
+    broker_id: str
+    lead_id: int
+    text: str | None = None
+    attachments: Sequence[Attachment] = ()
+    provider: str | None = None
+    send_after: datetime | None = None
+    reply_to: str | None = None
+    ai_response_used: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CannotQueue(ValueError):
+    """The message cannot be queued; the text says why (safe to show to an API client)."""
+
+
+async def queue_message(
+    session: AsyncSession, brokers: Mapping[str, BrokerConfig], message: Outgoing
+) -> int:
+    """Queue `message` as a pending outbound row in the caller's transaction; returns its id."""
+    broker = brokers.get(message.broker_id)
+    if broker is None:
+        raise CannotQueue(f"unknown broker {message.broker_id!r}")
+    if not (message.text and message.text.strip()) and not message.attachments:
+        raise CannotQueue("a message needs a text or an attachment")
+    channel = _choose(broker, message, await lead_channels(session, broker.id, message.lead_id))
+    metadata = dict(message.metadata)
+    if message.reply_to:
+        metadata["reply_to"] = message.reply_to
+    return await enqueue(
+        session,
+        QueuedMessage(
+            lead_id=message.lead_id,
+            broker_id=broker.id,
+            provider=channel.provider,
+            channel_user_id=channel.channel_user_id,
+            channel_username=channel.channel_username,
+            message_text=message.text,
+            attachments=[a.to_json() for a in message.attachments],
+            send_after=message.send_after,
+            ai_response_used=message.ai_response_used,
+            provider_metadata=metadata,
+        ),
+    )
+
+
+def _choose(
+    broker: BrokerConfig, message: Outgoing, channels: list[LeadChannelRef]
+) -> LeadChannelRef:
+    if not channels:
+        raise CannotQueue(f"broker {broker.id} has no lead {message.lead_id} with a channel")
+    if message.provider is not None:
+        wanted = [c for c in channels if c.provider == message.provider]
+        if not wanted:
+            raise CannotQueue(f"lead {message.lead_id} has no {message.provider} channel")
+        chosen = wanted[0]
+    else:
+        default = [c for c in channels if c.provider == broker.default_provider]
+        chosen = default[0] if default else channels[0]  # the one it last wrote on
+    if chosen.provider not in broker.providers:
+        reason = broker.disabled.get(chosen.provider, "not configured")
+        raise CannotQueue(f"provider {chosen.provider} of broker {broker.id} is off: {reason}")
+    return chosen

