@@ -41,6 +41,7 @@ from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
 from leadline.storage.leads import rekey_channel
+from leadline.storage.messages import settle_early_statuses
 from leadline.storage.outbox import (
     ChannelKey,
     Failed,
@@ -62,7 +63,8 @@ log = logging.getLogger(__name__)
 
 Recipient = tuple[str, str, str]  # broker, provider, channel user
 IDLE_POLL_SECONDS = 5.0
-SWEEP_SECONDS = 30.0  # how often rows for a disabled or unknown provider are failed
+SWEEP_SECONDS = 30.0
+KEEP_EARLY_STATUSES = timedelta(days=7)  # a report for an id never seen: kept this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +289,8 @@ class Dispatcher:
             )
 
     async def _sweep(self, now: datetime) -> None:
-        """Fail the rows no channel will ever send (a provider disabled or not configured)."""
+        """Housekeeping every SWEEP_SECONDS: fail the rows no channel will ever send (a
+        provider disabled or not configured); apply status reports that raced their send."""
         moment = time.monotonic()
         if moment - self._last_sweep < SWEEP_SECONDS:
             return
@@ -301,9 +304,9 @@ class Dispatcher:
             reason = channel.reason if channel else "not configured"
             outcomes.append(Failed(message_id, f"provider {provider} unavailable: {reason}"))
             log.warning("outbound message %s failed: provider %s unavailable", message_id, provider)
-        if outcomes:
-            async with self._sessions() as session, session.begin():
-                await record(session, outcomes)
+        async with self._sessions() as session, session.begin():
+            await record(session, outcomes)
+            await settle_early_statuses(session, now - KEEP_EARLY_STATUSES)
 
     async def _record(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[None]:
         await record(session, outcomes)

@@ -163,3 +163,29 @@ async def apply_early_statuses(
         await _advance(session, change)
     if early:
         await session.exec(sa.delete(EarlyStatus).where(*where))
+
+
+async def settle_early_statuses(session: AsyncSession, forget_before: datetime) -> int:
+    """Apply kept reports whose message is known by now, and forget those too old to match.
+
+    On PostgreSQL a report can be kept while the send that records its id commits
+    at the same moment; neither transaction sees the other. This catches it up.
+    """
+    matched = await session.exec(
+        select(EarlyStatus.broker_id, EarlyStatus.provider, EarlyStatus.channel_message_id)
+        .join(
+            ChatMessage,
+            sa.and_(
+                col(ChatMessage.broker_id) == col(EarlyStatus.broker_id),
+                col(ChatMessage.provider) == col(EarlyStatus.provider),
+                col(ChatMessage.channel_message_id) == col(EarlyStatus.channel_message_id),
+                col(ChatMessage.direction) == Direction.OUT,
+            ),
+        )
+        .distinct()
+    )
+    found = matched.all()
+    for broker_id, provider, channel_message_id in found:
+        await apply_early_statuses(session, broker_id, provider, channel_message_id)
+    await session.exec(sa.delete(EarlyStatus).where(col(EarlyStatus.created_at) < forget_before))
+    return len(found)

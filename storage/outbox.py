@@ -235,9 +235,16 @@ async def claim_many(
     """
     if not ids:
         return set()
+    # PostgreSQL: rows another process is taking right now are skipped, not waited for.
+    # The outer condition is checked again on the locked rows.
+    free = (
+        sa.select(ChatMessage.id)
+        .where(col(ChatMessage.id).in_(list(ids)), _takeable(now))
+        .with_for_update(skip_locked=True)
+    )
     result = await session.exec(
         sa.update(ChatMessage)
-        .where(col(ChatMessage.id).in_(list(ids)), _takeable(now))
+        .where(col(ChatMessage.id).in_(free), _takeable(now))
         .values(
             lease_until=lease_until, attempts=col(ChatMessage.attempts) + 1, updated_at=utcnow()
         )
@@ -293,6 +300,8 @@ async def next_due_at(session: AsyncSession, now: datetime) -> datetime | None:
 
 async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
     """Store how sends ended, many rows per statement; only rows still pending change."""
+    if not outcomes:
+        return
     now = utcnow()
     still_pending = sa.and_(
         col(ChatMessage.id) == sa.bindparam("row_id"), _pending_out(ChatMessage)

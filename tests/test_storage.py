@@ -19,10 +19,12 @@ from leadline.storage.messages import (
     StatusChange,
     StatusOutcome,
     apply_status,
+    settle_early_statuses,
 )
 from leadline.storage.migrate import current_revision, head_revision, upgrade
-from leadline.storage.models import ChatMessage
+from leadline.storage.models import ChatMessage, EarlyStatus
 from leadline.storage.outbox import QueuedMessage, enqueue, mark_sent
+from leadline.storage.types import utcnow
 from tests.helpers import count, rows
 
 CONTRACT = {
@@ -284,6 +286,34 @@ async def test_status_before_the_send_returned_is_kept_then_applied(
     (row,) = await rows(engine, "SELECT status FROM chat_messages WHERE id = :id", id=row_id)
     assert row["status"] == "delivered"
     assert await count(engine, "early_statuses") == 0
+
+
+async def test_a_status_kept_while_its_send_committed_is_applied_by_the_sweep(
+    sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
+):
+    """The PostgreSQL race: the report was kept by a transaction that could not see the
+    send's commit. The sweep applies it; old reports for ids never seen are forgotten."""
+    async with sessions() as session, session.begin():
+        lead_id = await ensure_lead(session, ChannelIdentity("demo", "webchat", "u1"))
+        row_id = await enqueue(session, QueuedMessage(lead_id, "demo", "webchat", "u1", "x"))
+        await mark_sent(session, row_id, "p-10", MessageStatus.SENT)
+        week_ago = utcnow() - timedelta(days=8)
+        for message_id, created in (("p-10", utcnow()), ("old", week_ago), ("new", utcnow())):
+            session.add(
+                EarlyStatus(
+                    broker_id="demo",
+                    provider="webchat",
+                    channel_message_id=message_id,
+                    status=MessageStatus.READ,
+                    created_at=created,
+                )
+            )
+    async with sessions() as session, session.begin():
+        assert await settle_early_statuses(session, utcnow() - timedelta(days=7)) == 1
+    (row,) = await rows(engine, "SELECT status FROM chat_messages WHERE id = :id", id=row_id)
+    assert row["status"] == "read"
+    kept = await rows(engine, "SELECT channel_message_id FROM early_statuses")
+    assert [k["channel_message_id"] for k in kept] == ["new"]
 
 
 async def test_stale_status_for_a_known_message_is_not_kept(
