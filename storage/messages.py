@@ -165,12 +165,9 @@ async def apply_early_statuses(
         await session.exec(sa.delete(EarlyStatus).where(*where))
 
 
-async def settle_early_statuses(session: AsyncSession, forget_before: datetime) -> int:
-    """Apply kept reports whose message is known by now, and forget those too old to match.
-
-    On PostgreSQL a report can be kept while the send that records its id commits
-    at the same moment; neither transaction sees the other. This catches it up.
-    """
+async def apply_known_early_statuses(session: AsyncSession, *where: sa.ColumnElement[bool]) -> int:
+    """Apply every kept report whose outbound message is known (among rows matching
+    `where`); returns how many messages it concerned."""
     matched = await session.exec(
         select(EarlyStatus.broker_id, EarlyStatus.provider, EarlyStatus.channel_message_id)
         .join(
@@ -182,10 +179,21 @@ async def settle_early_statuses(session: AsyncSession, forget_before: datetime) 
                 col(ChatMessage.direction) == Direction.OUT,
             ),
         )
+        .where(*where)
         .distinct()
     )
     found = matched.all()
     for broker_id, provider, channel_message_id in found:
         await apply_early_statuses(session, broker_id, provider, channel_message_id)
-    await session.exec(sa.delete(EarlyStatus).where(col(EarlyStatus.created_at) < forget_before))
     return len(found)
+
+
+async def settle_early_statuses(session: AsyncSession, forget_before: datetime) -> int:
+    """Apply kept reports whose message is known by now, and forget those too old to match.
+
+    On PostgreSQL a report can be kept while the send that records its id commits
+    at the same moment; neither transaction sees the other. This catches it up.
+    """
+    settled = await apply_known_early_statuses(session)
+    await session.exec(sa.delete(EarlyStatus).where(col(EarlyStatus.created_at) < forget_before))
+    return settled

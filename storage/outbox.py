@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus
-from leadline.storage.messages import apply_early_statuses
+from leadline.storage.messages import apply_known_early_statuses
 from leadline.storage.models import ChatMessage, DeliveryPause, EarlyStatus
 from leadline.storage.types import utcnow
 
@@ -345,25 +345,11 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
 
 async def _apply_early(session: AsyncSession, sent: Sequence[Sent]) -> None:
     """Status reports that beat their send call back: apply them now."""
-    ids = [o.channel_message_id for o in sent]
-    found = await session.exec(
-        sa.select(ChatMessage.broker_id, ChatMessage.provider, ChatMessage.channel_message_id)
-        .join(
-            EarlyStatus,
-            sa.and_(
-                col(EarlyStatus.broker_id) == col(ChatMessage.broker_id),
-                col(EarlyStatus.provider) == col(ChatMessage.provider),
-                col(EarlyStatus.channel_message_id) == col(ChatMessage.channel_message_id),
-            ),
-        )
-        .where(
-            col(ChatMessage.id).in_([o.id for o in sent]),
-            col(EarlyStatus.channel_message_id).in_(ids),
-        )
-        .distinct()
+    await apply_known_early_statuses(
+        session,
+        col(ChatMessage.id).in_([o.id for o in sent]),
+        col(EarlyStatus.channel_message_id).in_([o.channel_message_id for o in sent]),
     )
-    for broker_id, provider, channel_message_id in found.all():
-        await apply_early_statuses(session, broker_id, provider, channel_message_id)
 
 
 async def mark_sent(
