@@ -8,6 +8,7 @@ many items under load and one per item when idle.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -15,6 +16,7 @@ from typing import Generic, TypeVar
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 Apply = Callable[[AsyncSession, Sequence[T]], Awaitable[Sequence[R]]]
@@ -91,6 +93,9 @@ class GroupCommit(Generic[T, R]):
                 _settle(batch[0], exc)
                 return
             # One bad item must not fail the others: each alone, so only it fails.
+            log.warning(
+                "%s: a batch of %d failed (%r); storing each alone", self._name, len(batch), exc
+            )
             for item in batch:
                 await self._commit([item])
             return

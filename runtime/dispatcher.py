@@ -65,6 +65,21 @@ Recipient = tuple[str, str, str]  # broker, provider, channel user
 IDLE_POLL_SECONDS = 5.0
 SWEEP_SECONDS = 30.0
 KEEP_EARLY_STATUSES = timedelta(days=7)  # a report for an id never seen: kept this long
+THROTTLED = "throttled"  # provider_metadata: tries the provider only asked us to wait
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    """Take the due heads, within each channel's budget."""
+
+    now: datetime
+    budgets: dict[ChannelKey, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    rows: list[OutboxRow]
+    next_due: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +110,9 @@ class Dispatcher:
         self._policy = policy or self._options.policy
         self._clock = clock
         self._gates = gates or Gates()
-        self._outcomes = GroupCommit(sessions, self._record, "outbox-results")
+        self._writer: GroupCommit[_Take | Outcome, _Taken | None] = GroupCommit(
+            sessions, self._write, "outbox-writer"
+        )
         self._wake = asyncio.Event()
         self._in_flight: dict[Recipient, asyncio.Task[None]] = {}
         self._waiting: set[Recipient] = set()  # taken, waiting for the limits (not sending)
@@ -116,7 +133,7 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        self._outcomes.start()
+        self._writer.start()
         try:
             while not self._stopping:
                 try:
@@ -129,7 +146,7 @@ class Dispatcher:
                 self._wake.clear()
         finally:
             await self.drain_in_flight()
-            await self._outcomes.stop()
+            await self._writer.stop()
 
     async def drain_in_flight(self) -> None:
         """Let the sends under way finish; rows still waiting for their limits go back."""
@@ -144,18 +161,30 @@ class Dispatcher:
         now = self._clock()
         await self._sweep(now)
         budgets = {c.key: self._budget(c) for c in self._channels if _sendable(c)}
-        async with self._sessions() as session, session.begin():
-            heads = [r for r in await due_heads(session, now, budgets) if self._may_start(r)]
-            lease_until = now + self._options.lease
-            taken = await claim_many(session, [r.id for r in heads], now, lease_until)
-            next_due = await next_due_at(session, now)
-        for row in heads:
-            if row.id in taken:
-                self._start(row)
+        taken = await self._writer.submit(_Take(now, budgets))
+        assert isinstance(taken, _Taken)
+        for row in taken.rows:
+            self._start(row)
         self._gates.prune()
-        if next_due is not None and next_due > now:
-            return min(IDLE_POLL_SECONDS, (next_due - now).total_seconds())
+        if taken.next_due is not None and taken.next_due > now:
+            return min(IDLE_POLL_SECONDS, (taken.next_due - now).total_seconds())
         return IDLE_POLL_SECONDS
+
+    async def _write(
+        self, session: AsyncSession, items: Sequence[_Take | Outcome]
+    ) -> list[_Taken | None]:
+        """Every outbox write of this dispatcher, in one task: outcomes (freeing their
+        chats) first, then the taking of new heads. No two of its transactions ever
+        wait for each other's lock."""
+        await record(session, [i for i in items if not isinstance(i, _Take)])
+        return [await self._take(session, i) if isinstance(i, _Take) else None for i in items]
+
+    async def _take(self, session: AsyncSession, take: _Take) -> _Taken:
+        heads = [r for r in await due_heads(session, take.now, take.budgets) if self._may_start(r)]
+        lease_until = take.now + self._options.lease
+        taken = await claim_many(session, [r.id for r in heads], take.now, lease_until)
+        next_due = await next_due_at(session, take.now)
+        return _Taken([r for r in heads if r.id in taken], next_due)
 
     def _budget(self, channel: Channel) -> int:
         """Rows of this channel that may be taken now: what its rate lets go within
@@ -193,15 +222,15 @@ class Dispatcher:
     async def _send(self, row: OutboxRow) -> None:
         try:
             outcome = await self.deliver(row)
-            await self._outcomes.submit(outcome)
+            await self._writer.submit(outcome)
         except asyncio.CancelledError:
             # Stopped while it waited for its limits: hand the row back for the next start.
-            await self._outcomes.submit(Released(row.id))
+            await self._writer.submit(Released(row.id))
             raise
         except Exception:
             log.exception("sending message %s failed unexpectedly", row.id)
             with contextlib.suppress(Exception):
-                await self._outcomes.submit(Released(row.id))
+                await self._writer.submit(Released(row.id))
         finally:
             self._waiting.discard(row.recipient)
             self._in_flight.pop(row.recipient, None)
@@ -214,11 +243,12 @@ class Dispatcher:
         if channel is None or channel.adapter is None or channel.state != ChannelState.UP:
             return Released(row.id)  # it went down meanwhile: due again once it is up
         adapter = channel.adapter
+        # Typing first: nothing may come between passing the limits and the send.
+        if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
+            await _show_typing(adapter, row.channel_user_id)
         if not await self._pass_gates(channel, row):
             return Released(row.id)
         self._waiting.discard(row.recipient)
-        if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
-            await _show_typing(adapter, row.channel_user_id)
         try:
             result = await adapter.send(_outbound(row))
         except PermanentSendError as exc:
@@ -241,8 +271,12 @@ class Dispatcher:
             row.recipient, lambda: adapter.recipient_limits(row.channel_user_id)
         )
         whole = self._gates.channel(channel.key, lambda: self._channel_limits(channel))
-        # The chat first: a channel slot taken while the chat still waits would be lost.
-        return await recipient.acquire(deadline) and await whole.acquire(deadline)
+        # The chat must be free first (a channel slot taken while the chat still waits
+        # would be lost), and both record the send at the moment it goes: a chat has
+        # one sender at a time, so it is still free once the channel lets the send pass.
+        return (
+            await recipient.ready(deadline) and await whole.acquire(deadline) and recipient.take()
+        )
 
     def _channel_limits(self, channel: Channel) -> Sequence[RateLimit]:
         assert channel.adapter is not None
@@ -251,17 +285,24 @@ class Dispatcher:
         return configured or ([default] if default is not None else [])
 
     async def _retry(self, row: OutboxRow, exc: RetryableSendError) -> Outcome:
+        """Try again later. A provider that only asked us to wait (retry_after) is not
+        failing: such tries are counted apart (`throttled` in the row's metadata) and
+        neither end the message nor lengthen its backoff; only its age can end it."""
         attempts = row.attempts + 1
+        throttled = int(row.provider_metadata.get(THROTTLED, 0))
         error = _error_text(exc, exc.code)
         now = self._clock()
-        if self._policy.gives_up(
-            attempts, row.created_at, now, throttled=exc.retry_after is not None
-        ):
+        if exc.retry_after is not None:
+            throttled += 1
+        failures = attempts - throttled
+        waited_only = exc.retry_after is not None
+        if self._policy.gives_up(failures, row.created_at, now, throttled=waited_only):
             return self._failed(row, f"gave up after {attempts} attempts: {error}")
-        delay = self._policy.delay(attempts, exc.retry_after)
-        if exc.retry_after is not None and exc.scope == PauseScope.CHANNEL:
+        delay = self._policy.delay(failures, exc.retry_after)
+        if waited_only and exc.scope == PauseScope.CHANNEL:
             await self._pause(row, delay, error)
-        return Retry(row.id, error, now + timedelta(seconds=delay))
+        metadata = {**row.provider_metadata, THROTTLED: throttled} if waited_only else None
+        return Retry(row.id, error, now + timedelta(seconds=delay), metadata)
 
     async def _pause(self, row: OutboxRow, seconds: float, reason: str) -> None:
         """The provider holds back the whole channel: so do we, and so does every process."""
@@ -307,10 +348,6 @@ class Dispatcher:
         async with self._sessions() as session, session.begin():
             await record(session, outcomes)
             await settle_early_statuses(session, now - KEEP_EARLY_STATUSES)
-
-    async def _record(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[None]:
-        await record(session, outcomes)
-        return [None] * len(outcomes)
 
 
 def _sendable(channel: Channel) -> bool:

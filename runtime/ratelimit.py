@@ -4,7 +4,8 @@ A window allows at most `count` sends in any span of `per_seconds`: a send
 waits until the count-th previous one is a full span old. Unlike a token
 bucket refilled at the same rate, it never lets through a burst above the
 limit in any span, which is how providers count. The span is stretched by a
-small margin so that network jitter never makes the provider see one more.
+small margin (2%) so that network jitter never makes the provider see one
+more, and a channel's sends are spaced evenly rather than sent in bursts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from leadline.adapters.base import RateLimit
 from leadline.config.brokers import RateLimitConfig
 
-MARGIN = 0.01
+MARGIN = 0.02
 Clock = Callable[[], float]
 
 
@@ -44,16 +45,29 @@ class Window:
 class Gate:
     """The limits of one scope (a channel or a recipient) and its pause.
 
-    A sender reserves the earliest slot the limits allow, after every slot
-    already reserved, then sleeps until it: first come, first served, and no
-    crowd of waiters woken at once.
+    Senders queue first come, first served; only the one at the head sleeps,
+    until the limits let it pass. A pass is recorded at the moment it happens,
+    not when it was planned, so a sender that wakes late never lets the next
+    one through too early.
     """
 
-    def __init__(self, limits: Sequence[RateLimit], clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, limits: Sequence[RateLimit], clock: Clock = time.monotonic, *, smooth: bool = False
+    ) -> None:
         self._windows = [Window(limit) for limit in limits]
+        # The shortest spacing the limits allow on average.
+        self._pace = min((w.span / w.size for w in self._windows), default=0.0)
+        # Smooth: sends spaced evenly at that pace. A burst of the whole count at
+        # once goes out over many milliseconds, and its spread could make the
+        # provider count one too many in some second.
+        self._interval = self._pace if smooth else 0.0
+        self._due = 0.0  # when the next evenly spaced send is due
+        # A schedule fallen behind (a busy event loop) catches up for at most one
+        # window; longer than that, the gate was idle and starts afresh.
+        self._catch_up = min((w.span for w in self._windows), default=0.0)
         self._clock = clock
         self._paused_until = 0.0
-        self._last = 0.0
+        self._queue: deque[asyncio.Future[None]] = deque()
 
     def pause(self, seconds: float) -> None:
         """Nothing passes for `seconds` from now (a longer pause already set is kept)."""
@@ -63,33 +77,67 @@ class Gate:
         return max(0.0, self._paused_until - self._clock())
 
     def delay(self) -> float:
-        """How long a sender arriving now would wait."""
+        """About how long a sender arriving now would wait (the queue ahead included)."""
         now = self._clock()
-        return self._next_slot(now) - now
+        return self._next_free(now) - now + len(self._queue) * self._pace
 
     async def acquire(self, deadline: float) -> bool:
-        """Wait for a slot; False, with nothing waited for, if it is after `deadline`."""
+        """Wait for a pass; False, with nothing taken, if it cannot come by `deadline`."""
+        if self._clock() + self.delay() > deadline:
+            return False
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        try:
+            if self._queue[0] is not turn:
+                await turn
+            return await self._pass(deadline)
+        finally:
+            self._leave(turn)
+
+    async def _pass(self, deadline: float) -> bool:
+        if not await self.ready(deadline):
+            return False
+        self.take()
+        return True
+
+    async def ready(self, deadline: float) -> bool:
+        """Wait until the limits would let a send pass, without taking it; False if that
+        is after `deadline`. For a scope with one sender at a time (a chat), together
+        with `take`: the pass is then recorded when the send really goes."""
         while True:
             now = self._clock()
-            at = self._next_slot(now)
+            at = self._next_free(now)
             if at > deadline:
                 return False
-            for window in self._windows:
-                window.take(at)
-            self._last = at
-            if at > now:
-                await asyncio.sleep(at - now)
-            if self._paused_until <= self._clock():
+            if at <= now:
                 return True
-            # A pause came in while we waited: that slot is void, take a later one.
+            # Re-checked on waking: a pause may have come in meanwhile.
+            await asyncio.sleep(at - now)
 
-    def _next_slot(self, now: float) -> float:
-        return max(now, self._last, self._paused_until, *(w.next_free(now) for w in self._windows))
+    def take(self) -> bool:
+        now = self._clock()
+        for window in self._windows:
+            window.take(now)
+        # The next due time follows the schedule, not this send's late wake-up, so
+        # small delays do not add up into a lower rate; the windows above still
+        # record the real times, and they are what bounds every span.
+        late = now - self._due
+        self._due = (self._due if 0 <= late < self._catch_up else now) + self._interval
+        return True
+
+    def _leave(self, turn: asyncio.Future[None]) -> None:
+        was_head = self._queue[0] is turn
+        self._queue.remove(turn)
+        if was_head and self._queue and not self._queue[0].done():
+            self._queue[0].set_result(None)
+
+    def _next_free(self, now: float) -> float:
+        return max(now, self._due, self._paused_until, *(w.next_free(now) for w in self._windows))
 
     def idle(self) -> bool:
         now = self._clock()
         return (
-            self._last <= now
+            not self._queue
             and self._paused_until <= now
             and all(w.idle(now) for w in self._windows)
         )
@@ -118,7 +166,7 @@ class Gates:
     def channel(self, key: tuple[str, str], limits: Callable[[], Sequence[RateLimit]]) -> Gate:
         gate = self._channels.get(key)
         if gate is None:
-            gate = self._channels[key] = Gate(limits(), self._clock)
+            gate = self._channels[key] = Gate(limits(), self._clock, smooth=True)
         return gate
 
     def recipient(

@@ -82,6 +82,7 @@ class Retry:
     id: int
     error: str
     at: datetime
+    metadata: Mapping[str, Any] | None = None  # the row's provider_metadata, when it changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,10 @@ async def enqueue(session: AsyncSession, message: QueuedMessage) -> int:
 
 
 def _literal(value: str) -> Any:
-    # Rendered into the SQL (not bound), so the planner can match the partial index.
-    return sa.literal(value, literal_execute=True)
+    # Written into the SQL, not bound, so the planner can match the partial index (and,
+    # unlike literal_execute, it works in executemany). Only our own constants go here.
+    assert value.isalpha()
+    return sa.literal_column(f"'{value}'")
 
 
 def _pending_out(table: Any) -> sa.ColumnElement[bool]:
@@ -326,7 +329,19 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
             [
                 {"row_id": o.id, "why": o.error, "retry_at": o.at}
                 for o in outcomes
-                if isinstance(o, Retry)
+                if isinstance(o, Retry) and o.metadata is None
+            ],
+        ),
+        (
+            {
+                "error": sa.bindparam("why"),
+                "send_after": sa.bindparam("retry_at"),
+                "provider_metadata": sa.bindparam("meta"),
+            },
+            [
+                {"row_id": o.id, "why": o.error, "retry_at": o.at, "meta": dict(o.metadata)}
+                for o in outcomes
+                if isinstance(o, Retry) and o.metadata is not None
             ],
         ),
         ({}, [{"row_id": o.id} for o in outcomes if isinstance(o, Released)]),

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fakes.plugins.signed import sign
+from tests.fakes.telegram_api import FakeTelegram
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def signed_delivery(secret: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -32,3 +40,83 @@ def as_utc(value: datetime | str) -> datetime:
     """A timestamp read with raw SQL: SQLite gives naive text, PostgreSQL aware datetimes."""
     parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+# --- watching a fake provider's HTTP API -------------------------------------------------
+
+
+@dataclass
+class ApiCall:
+    """One HTTP call to a fake API: when it arrived and how it was answered."""
+
+    method: str  # lower case
+    chat: str | None
+    started: float  # time.monotonic()
+    finished: float | None = None
+    status: int | None = None  # None: no answer (the connection was dropped)
+
+
+Arrival = Callable[[ApiCall], Awaitable[None]]
+
+
+class CallProbe:
+    """An aiohttp middleware for a fake provider: logs the calls of some methods with
+    their times, and measures how many calls to one chat were under way at once.
+
+    `on_arrival` runs when a call arrives, before the fake handles it (to look at the
+    database as the sender left it right before this attempt).
+    """
+
+    def __init__(self, methods: Collection[str] = ("sendmessage",)) -> None:
+        self.methods = {m.lower() for m in methods}
+        self.calls: list[ApiCall] = []
+        self.most_at_once: Counter[str | None] = Counter()
+        self.on_arrival: Arrival | None = None
+        self._open: Counter[str | None] = Counter()
+
+    def of(self, chat: object) -> list[ApiCall]:
+        return [call for call in self.calls if call.chat == str(chat)]
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        method = request.match_info.get("method", "").lower()
+        if method not in self.methods:
+            return await handler(request)
+        call = ApiCall(method, await _chat_of(request), time.monotonic())
+        self.calls.append(call)
+        self._open[call.chat] += 1
+        self.most_at_once[call.chat] = max(self.most_at_once[call.chat], self._open[call.chat])
+        try:
+            if self.on_arrival is not None:
+                await self.on_arrival(call)
+            response = await handler(request)
+            call.status = response.status
+            return response
+        finally:
+            call.finished = time.monotonic()
+            self._open[call.chat] -= 1
+
+
+async def _chat_of(request: web.Request) -> str | None:
+    # aiohttp keeps a read body (and a parsed form), so the fake's handler reads it again.
+    value: Any = request.query.get("chat_id")
+    if request.method == "POST" and request.body_exists:
+        if request.content_type == "application/json":
+            body = await request.json()
+            value = body.get("chat_id", value) if isinstance(body, dict) else value
+        else:
+            value = (await request.post()).get("chat_id", value)
+    return None if value is None else str(value)
+
+
+class ProbedTelegram(FakeTelegram):
+    """The fake Bot API with a `CallProbe` in front of its methods."""
+
+    def __init__(self, probe: CallProbe | None = None) -> None:
+        super().__init__()
+        self.probe = probe or CallProbe()
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.middlewares.append(self.probe.middleware)
+        return app

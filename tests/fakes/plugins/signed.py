@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from leadline.adapters.base import (
     MalformedPayload,
     MessageStatus,
     OutboundMessage,
+    PauseScope,
     PermanentSendError,
     RetryableSendError,
     SendResult,
@@ -59,8 +61,11 @@ class SignedAdapter(Adapter):
         assert isinstance(config, SignedConfig)
         self.settings = config
         self.sent: list[OutboundMessage] = []
-        # Scripted answers for the next sends: "ok", "retry", "retry-after:N", "permanent".
+        # Scripted answers for the next sends: "ok", "retry", "retry-after:N" (this chat
+        # waits N s), "pause:N" (the whole channel waits N s), "permanent".
         self.script: list[str] = []
+        # Every send call, failed or not: (chat, text, action, time.monotonic() of the call).
+        self.calls: list[tuple[str, str | None, str, float]] = []
 
     async def start(self) -> None:
         if self.settings.refuse_start:
@@ -96,10 +101,18 @@ class SignedAdapter(Adapter):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         action = self.script.pop(0) if self.script else "ok"
+        self.calls.append((message.channel_user_id, message.text, action, time.monotonic()))
         if action == "retry":
             raise RetryableSendError("provider busy", code="503")
         if action.startswith("retry-after:"):
             raise RetryableSendError("slow down", code="429", retry_after=float(action[12:]))
+        if action.startswith("pause:"):
+            raise RetryableSendError(
+                "account throttled",
+                code="429",
+                retry_after=float(action[6:]),
+                scope=PauseScope.CHANNEL,
+            )
         if action == "permanent":
             raise PermanentSendError("user blocked the bot", code="403")
         self.sent.append(message)
