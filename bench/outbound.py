@@ -67,6 +67,7 @@ from leadline.config.loader import load_brokers
 from leadline.config.vocabulary import Direction, MessageStatus
 from leadline.runtime.channels import Channels, ChannelState
 from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
+from leadline.runtime.gc_tuning import tune_gc
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory
 from leadline.storage.leads import ChannelIdentity, identity_of, resolve_leads
@@ -622,6 +623,9 @@ async def bench(args: argparse.Namespace, folder: Path, results: Results) -> Non
     try:
         await wait_for_fake(api_base, process, log_path)
         print(f"fake Bot API: pid {process.pid} on {api_base}", flush=True)
+        # The collector as `leadline run` sets it once started; the naive sender,
+        # in this same process, runs with it too.
+        tune_gc()
         async with aiohttp.ClientSession() as http:
             await engine_phase(args, folder, api_base, process.pid, http, results)
             await naive_phase(args, folder, api_base, process.pid, http, results)

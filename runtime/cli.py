@@ -20,6 +20,7 @@ from leadline.adapters.registry import Registry, discover
 from leadline.config.brokers import BrokersFile
 from leadline.config.loader import load_brokers_file
 from leadline.config.settings import Settings
+from leadline.runtime.gc_tuning import tune_gc
 from leadline.runtime.http import build_app
 from leadline.runtime.logs import Redactor, configure_logging
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
@@ -53,6 +54,7 @@ def cmd_run(settings: Settings) -> int:
         log.error("no valid broker in %s; nothing to run", settings.brokers_file)
         return 2
     app = build_app(settings, brokers, registry, redactor)
+    app.on_startup.append(_tune_gc)  # after the service and its channels have started
     # run_app handles SIGINT/SIGTERM: it stops accepting, lets requests finish,
     # then runs the cleanup that stops the workers and closes sessions and the database.
     try:
@@ -61,6 +63,10 @@ def cmd_run(settings: Settings) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 2
     return 0
+
+
+async def _tune_gc(_app: web.Application) -> None:
+    tune_gc()
 
 
 def cmd_check(settings: Settings) -> int:
