@@ -48,7 +48,14 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     # A deferred transaction that reads and then writes fails at once with
     # SQLITE_BUSY when another writer got in between; IMMEDIATE takes the write
     # lock up front and waits for it (busy_timeout) instead.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight to the driver: every transaction starts here, and a statement through
+    # SQLAlchemy would cost a cursor round trip to aiosqlite's thread and back more.
+    connection.connection.dbapi_connection.run_async(_begin_immediate)  # type: ignore[union-attr]
+
+
+async def _begin_immediate(driver: Any) -> None:
+    cursor = await driver.execute("BEGIN IMMEDIATE")
+    await cursor.close()
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
