@@ -27,7 +27,7 @@ from leadline.storage.outbox import QueuedMessage, enqueue
 
 log = logging.getLogger(__name__)
 BATCH = 500
-SETTLE_SECONDS = 0.01
+SETTLE_SECONDS = 0.05
 
 
 class ReplyWorker:
@@ -58,6 +58,8 @@ class ReplyWorker:
             if self._stopping:
                 return
             # Let a burst of deliveries settle: one transaction then answers them all.
+            # Replies are not on the request path, so the wait can be long enough for
+            # a busy minute to cost few transactions.
             await asyncio.sleep(SETTLE_SECONDS)
             self._wake.clear()
             try:
