@@ -30,8 +30,10 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
         raise DatabaseUrlError("LEADLINE_DATABASE_URL must be sqlite+aiosqlite or postgresql")
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(parsed, echo=echo)
+        # Pool reset is ours (_sqlite_reset): a rollback only when a transaction is open.
+        engine = create_async_engine(parsed, echo=echo, pool_reset_on_return=None)
         sa.event.listen(engine.sync_engine, "do_connect", _sqlite_open)
+        sa.event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
         sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -53,6 +55,18 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     for pragma in SQLITE_PRAGMAS:
         cursor.execute(pragma)
     cursor.close()
+
+
+def _sqlite_reset(dbapi_connection: Any, _record: Any, state: sa.PoolResetState) -> None:
+    # The pool's own reset rolls back every connection it takes back, even after a
+    # commit: a trip to aiosqlite's thread for nothing after every transaction.
+    # Whether one is open is a flag sqlite3 reads without touching the database.
+    if (
+        state.asyncio_safe
+        and not state.terminate_only
+        and dbapi_connection.driver_connection.in_transaction
+    ):
+        dbapi_connection.rollback()
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
