@@ -30,10 +30,8 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
         raise DatabaseUrlError("LEADLINE_DATABASE_URL must be sqlite+aiosqlite or postgresql")
     if parsed.get_backend_name() == "sqlite":
-        # Pool reset is ours (_sqlite_reset): a rollback only when a transaction is open.
-        engine = create_async_engine(parsed, echo=echo, pool_reset_on_return=None)
+        engine = create_async_engine(parsed, echo=echo)
         sa.event.listen(engine.sync_engine, "do_connect", _sqlite_open)
-        sa.event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
         sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -57,29 +55,14 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_reset(dbapi_connection: Any, _record: Any, state: sa.PoolResetState) -> None:
-    # The pool's own reset rolls back every connection it takes back, even after a
-    # commit: a trip to aiosqlite's thread for nothing after every transaction.
-    # Whether one is open is a flag sqlite3 reads without touching the database.
-    if (
-        state.asyncio_safe
-        and not state.terminate_only
-        and dbapi_connection.driver_connection.in_transaction
-    ):
-        dbapi_connection.rollback()
-
-
 def _sqlite_begin(connection: sa.Connection) -> None:
     # A deferred transaction that reads and then writes fails at once with
     # SQLITE_BUSY when another writer got in between; IMMEDIATE takes the write
     # lock up front and waits for it (busy_timeout) instead.
-    # Straight to the driver: every transaction starts here, and a statement through
-    # SQLAlchemy costs an execution context more.
-    connection.connection.dbapi_connection.run_async(_begin_immediate)  # type: ignore[union-attr]
-
-
-async def _begin_immediate(driver: sqlite_driver.OneTripConnection) -> None:
-    await driver.cursor().execute("BEGIN IMMEDIATE")
+    # The driver sends it with the transaction's first statement, in the same trip
+    # to its thread (sqlite_driver).
+    driver: sqlite_driver.OneTripConnection = connection.connection.driver_connection  # type: ignore[assignment]
+    driver.pending_begin = "BEGIN IMMEDIATE"
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -8,6 +8,10 @@ statements of a group commit. The cursor here does all four in one trip: rows
 are fetched at once (nothing here streams results), and the sqlite3 cursor is
 closed before the trip returns, so `close` has nothing left to do.
 
+Two more trips are saved per transaction: BEGIN travels with the transaction's
+first statement, and COMMIT or ROLLBACK with no transaction open (sqlite3 would
+do nothing) stays on this side.
+
 It builds on internals of aiosqlite: `Connection._execute` and `_conn`, which
 aiosqlite's own cursor uses, and `_thread`, which SQLAlchemy sets as we do. The
 SQLite tests exercise every path here.
@@ -26,10 +30,12 @@ Outcome = tuple[Description, int, int | None, list[Any]]
 
 
 def _run(
-    conn: sqlite3.Connection, sql: str, parameters: Any, many: bool
+    conn: sqlite3.Connection, begin: str | None, sql: str, parameters: Any, many: bool
 ) -> Outcome:  # runs on aiosqlite's thread
     cursor = conn.cursor()
     try:
+        if begin is not None:
+            cursor.execute(begin)
         if many:
             cursor.executemany(sql, parameters)
         else:
@@ -65,8 +71,10 @@ class OneTripCursor:
         return await self._trip(sql, parameters, many=True)
 
     async def _trip(self, sql: str, parameters: Any, many: bool) -> OneTripCursor:
-        conn = self._connection._conn  # raises ValueError once closed, as aiosqlite does
-        outcome: Outcome = await self._connection._execute(_run, conn, sql, parameters, many)
+        connection = self._connection
+        conn = connection._conn  # raises ValueError once closed, as aiosqlite does
+        begin, connection.pending_begin = connection.pending_begin, None
+        outcome: Outcome = await connection._execute(_run, conn, begin, sql, parameters, many)
         self.description, self.rowcount, self.lastrowid, self._rows = outcome
         return self
 
@@ -87,8 +95,21 @@ class OneTripCursor:
 
 
 class OneTripConnection(aiosqlite.Connection):
+    # Sent before the next statement, in its trip (set by the engine's begin hook).
+    pending_begin: str | None = None
+
     def cursor(self) -> OneTripCursor:  # type: ignore[override]
         return OneTripCursor(self)
+
+    async def commit(self) -> None:
+        self.pending_begin = None
+        if self.in_transaction:  # sqlite3's own flag, read without a trip
+            await super().commit()
+
+    async def rollback(self) -> None:
+        self.pending_begin = None
+        if self.in_transaction:
+            await super().rollback()
 
 
 def connect(database: str, **kwargs: Any) -> OneTripConnection:
