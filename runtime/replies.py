@@ -22,13 +22,12 @@ from leadline.storage.conversation import (
     claim_unhandled,
     first_inbound_ids,
     lead_names,
-    unhandled_inbound,
 )
 from leadline.storage.outbox import QueuedMessage, enqueue
 
 log = logging.getLogger(__name__)
 BATCH = 500
-SETTLE_SECONDS = 0.01
+SETTLE_SECONDS = 0.05
 
 
 class ReplyWorker:
@@ -59,6 +58,8 @@ class ReplyWorker:
             if self._stopping:
                 return
             # Let a burst of deliveries settle: one transaction then answers them all.
+            # Replies are not on the request path, so the wait can be long enough for
+            # a busy minute to cost few transactions.
             await asyncio.sleep(SETTLE_SECONDS)
             self._wake.clear()
             try:
@@ -72,27 +73,27 @@ class ReplyWorker:
         """Handle every unhandled inbound message; returns how many were handled."""
         handled = 0
         while not self._stopping:
-            async with self._sessions() as session:
-                batch = await unhandled_inbound(session, BATCH)
-            if not batch:
-                return handled
-            if await self._handle(batch):
+            claimed, queued = await self._handle_next()
+            if queued:
                 self._on_queued()
-            handled += len(batch)
+            handled += claimed
+            # A short batch took every row there was: rows stored later wake us again.
+            if claimed < BATCH:
+                return handled
         return handled
 
-    async def _handle(self, batch: list[Unhandled]) -> bool:
-        """Run the rules on a batch in one transaction; returns whether replies were queued.
+    async def _handle_next(self) -> tuple[int, bool]:
+        """Claim the next batch and run the rules on it, in one transaction; returns
+        how many rows were claimed and whether replies were queued.
 
         Only rows this worker claims are answered, so two processes never answer
         the same message.
         """
         async with self._sessions() as session, session.begin():
-            claimed = await claim_unhandled(session, [m.id for m in batch])
-            mine = [m for m in batch if m.id in claimed]
+            mine = await claim_unhandled(session, BATCH)
             answering = [m for m in mine if self._answers(m.broker_id)]
             if not answering:
-                return False
+                return len(mine), False
             lead_ids = {m.lead_id for m in answering}
             names = await lead_names(session, lead_ids)
             firsts = await first_inbound_ids(session, lead_ids)
@@ -106,7 +107,7 @@ class ReplyWorker:
                 for reply in decide(self._brokers[message.broker_id], facts):
                     await enqueue(session, _reply_row(message, reply))
                     queued = True
-        return queued
+        return len(mine), queued
 
     def _answers(self, broker_id: str) -> bool:
         # A broker no longer in brokers.toml: its messages are stored, never answered.

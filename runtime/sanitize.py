@@ -46,6 +46,11 @@ def clean_id(value: object, field: str) -> str:
 
 def clean_json(value: Any, field: str) -> Any:
     """Repair every string in a JSON-like value; refuse what JSON cannot hold."""
+    kind = type(value)  # exact types first: the ABC checks below are slow
+    if kind is dict:
+        return {_repair(str(k)): clean_json(v, field) for k, v in value.items()}
+    if kind is int or kind is float or kind is bool:
+        return value
     if isinstance(value, str):
         return _repair(value)
     if value is None or isinstance(value, bool | int | float):

@@ -51,34 +51,55 @@ class Unhandled:
     channel_username: str | None
 
 
-async def unhandled_inbound(session: AsyncSession, limit: int) -> list[Unhandled]:
-    query = (
-        select(
-            ChatMessage.id,
-            ChatMessage.lead_id,
-            ChatMessage.broker_id,
-            ChatMessage.provider,
-            ChatMessage.channel_user_id,
-            ChatMessage.channel_username,
-        )
-        .where(col(ChatMessage.direction) == Direction.IN, col(ChatMessage.handled_at).is_(None))
-        .order_by(col(ChatMessage.id))
+def _claim_statement(limit: int) -> sa.Update:
+    """Mark the oldest unhandled inbound rows handled and return them, in one statement.
+
+    Built once per limit: the reply worker runs it for every group commit, and a
+    prebuilt Core statement skips the ORM and SQLAlchemy's statement building.
+    SKIP LOCKED (PostgreSQL; SQLite has one writer at a time) lets concurrent
+    workers take different rows instead of waiting on each other's.
+    """
+    table = ChatMessage.__table__  # type: ignore[attr-defined]
+    oldest = (
+        sa.select(table.c.id)
+        .where(table.c.direction == Direction.IN, table.c.handled_at.is_(None))
+        .order_by(table.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
-    return [Unhandled(*row) for row in (await session.exec(query)).all()]
+    return (
+        sa.update(table)
+        # Checked again here: under PostgreSQL a row another worker claimed meanwhile
+        # no longer matches, so no message is claimed twice.
+        .where(table.c.id.in_(oldest), table.c.handled_at.is_(None))
+        .values(handled_at=sa.bindparam("now", type_=table.c.handled_at.type))
+        .returning(
+            table.c.id,
+            table.c.lead_id,
+            table.c.broker_id,
+            table.c.provider,
+            table.c.channel_user_id,
+            table.c.channel_username,
+        )
+    )
 
 
-async def claim_unhandled(session: AsyncSession, message_ids: list[int]) -> set[int]:
-    """Mark these inbound rows handled; returns those no one had handled yet."""
-    if not message_ids:
-        return set()
-    result = await session.exec(
-        sa.update(ChatMessage)
-        .where(col(ChatMessage.id).in_(message_ids), col(ChatMessage.handled_at).is_(None))
-        .values(handled_at=utcnow())
-        .returning(ChatMessage.id)
-    )
-    return set(result.scalars().all())
+_CLAIMS: dict[int, sa.Update] = {}
+
+
+async def claim_unhandled(session: AsyncSession, limit: int) -> list[Unhandled]:
+    """Mark up to `limit` unhandled inbound rows handled; returns them oldest first.
+
+    Only rows no one had claimed are returned, so two workers never handle the same one.
+    """
+    statement = _CLAIMS.get(limit)
+    if statement is None:
+        statement = _CLAIMS[limit] = _claim_statement(limit)
+    conn = await session.connection()
+    result = await conn.execute(statement, {"now": utcnow()})
+    claimed = [Unhandled(*row) for row in result.all()]
+    claimed.sort(key=lambda message: message.id)  # RETURNING has no order of its own
+    return claimed
 
 
 async def first_inbound_ids(session: AsyncSession, lead_ids: set[int]) -> dict[int, int]:

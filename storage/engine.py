@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from leadline.storage import sqlite_driver
+
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA busy_timeout=10000",
@@ -29,10 +31,19 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         raise DatabaseUrlError("LEADLINE_DATABASE_URL must be sqlite+aiosqlite or postgresql")
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, echo=echo)
+        sa.event.listen(engine.sync_engine, "do_connect", _sqlite_open)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
         sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(parsed, echo=echo, pool_pre_ping=True)
+
+
+def _sqlite_open(
+    dialect: sa.Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    # SQLAlchemy's aiosqlite adapter around our one-trip aiosqlite connection
+    # (sqlite_driver), opened with the arguments SQLAlchemy derived from the URL.
+    return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=sqlite_driver.connect, **cparams)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -48,7 +59,10 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     # A deferred transaction that reads and then writes fails at once with
     # SQLITE_BUSY when another writer got in between; IMMEDIATE takes the write
     # lock up front and waits for it (busy_timeout) instead.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # The driver sends it with the transaction's first statement, in the same trip
+    # to its thread (sqlite_driver).
+    driver: sqlite_driver.OneTripConnection = connection.connection.driver_connection  # type: ignore[assignment]
+    driver.pending_begin = "BEGIN IMMEDIATE"
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

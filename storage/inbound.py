@@ -42,7 +42,6 @@ async def insert_messages(
     if not rows:
         return {}
     leads = await resolve_leads(session, [row.identity for row in rows])
-    table = ChatMessage.__table__  # type: ignore[attr-defined]
     now = utcnow()
     values = [
         {
@@ -62,10 +61,24 @@ async def insert_messages(
         }
         for row in rows
     ]
-    # One statement executed for many rows: compiled once and cached, then sent in
-    # multi-row batches by SQLAlchemy ("insertmanyvalues").
-    statement = insert_ignoring_conflicts(session, table, IDEMPOTENCY_KEY).returning(
-        table.c.id, table.c.broker_id, table.c.provider, table.c.channel_message_id
-    )
-    result = await session.exec(statement, params=values)
-    return {(b, p, m): message_id for message_id, b, p, m in result.all()}
+    # One statement executed for many rows, sent in multi-row batches by SQLAlchemy
+    # ("insertmanyvalues"); Core on the session's connection, without the ORM.
+    conn = await session.connection()
+    result = await conn.execute(_insert_statement(session), values)
+    return {(b, p, m): message_id for message_id, b, p, m in result}
+
+
+_INSERTS: dict[str, Any] = {}  # by dialect name
+
+
+def _insert_statement(session: AsyncSession) -> Any:
+    """The idempotent insert for the session's database, built once: building and
+    looking up a statement cost more than running it for a small group commit."""
+    dialect = session.get_bind().dialect.name
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        table = ChatMessage.__table__  # type: ignore[attr-defined]
+        statement = _INSERTS[dialect] = insert_ignoring_conflicts(
+            session, table, IDEMPOTENCY_KEY
+        ).returning(table.c.id, table.c.broker_id, table.c.provider, table.c.channel_message_id)
+    return statement

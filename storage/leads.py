@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -68,24 +68,45 @@ async def resolve_leads(
     return leads
 
 
+_CHANNELS = LeadChannel.__table__  # type: ignore[attr-defined]
+_LEADS = Lead.__table__  # type: ignore[attr-defined]
+# Prebuilt Core statements: built and compiled once, not for every group commit.
+_KNOWN = sa.select(
+    _CHANNELS.c.channel_user_id, _CHANNELS.c.lead_id, _CHANNELS.c.channel_username
+).where(
+    _CHANNELS.c.broker_id == sa.bindparam("broker_id"),
+    _CHANNELS.c.provider == sa.bindparam("provider"),
+    _CHANNELS.c.channel_user_id.in_(sa.bindparam("users", expanding=True)),
+)
+_NEW_LEADS = sa.insert(_LEADS).returning(_LEADS.c.id, sort_by_parameter_order=True)
+_NEW_CHANNELS: dict[str, Any] = {}  # by dialect name
+
+
 async def _known_channels(
     session: AsyncSession, keys: list[Identity]
 ) -> dict[Identity, tuple[int, str | None]]:
     """Lead id and username of each chat user already known."""
     found: dict[Identity, tuple[int, str | None]] = {}
-    identity = sa.tuple_(LeadChannel.broker_id, LeadChannel.provider, LeadChannel.channel_user_id)
-    for chunk in chunks(keys):
-        result = await session.exec(
-            sa.select(
-                LeadChannel.broker_id,
-                LeadChannel.provider,
-                LeadChannel.channel_user_id,
-                LeadChannel.lead_id,
-                LeadChannel.channel_username,
-            ).where(identity.in_(chunk))
-        )
-        found.update({(b, p, u): (lead, name) for b, p, u, lead, name in result.all()})
+    users: dict[tuple[str, str], list[str]] = {}
+    for broker_id, provider, user in keys:
+        users.setdefault((broker_id, provider), []).append(user)
+    conn = await session.connection()
+    for (broker_id, provider), some in users.items():
+        for chunk in chunks(some):
+            params = {"broker_id": broker_id, "provider": provider, "users": chunk}
+            result = await conn.execute(_KNOWN, params)
+            found.update({(broker_id, provider, u): (lead, name) for u, lead, name in result})
     return found
+
+
+def _new_channels(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    statement = _NEW_CHANNELS.get(dialect)
+    if statement is None:
+        statement = _NEW_CHANNELS[dialect] = insert_ignoring_conflicts(
+            session, _CHANNELS, ["broker_id", "provider", "channel_user_id"]
+        ).returning(_CHANNELS.c.broker_id, _CHANNELS.c.provider, _CHANNELS.c.channel_user_id)
+    return statement
 
 
 async def _create_leads(
@@ -97,23 +118,17 @@ async def _create_leads(
          "tags": [], "created_at": now}
         for who in people
     ]  # fmt: skip
-    result = await session.exec(
-        sa.insert(Lead).returning(Lead.id, sort_by_parameter_order=True), params=lead_rows
-    )
-    lead_ids = list(result.scalars().all())
+    conn = await session.connection()
+    lead_ids = list((await conn.execute(_NEW_LEADS, lead_rows)).scalars())
     created = {identity_of(who): lead_id for who, lead_id in zip(people, lead_ids, strict=True)}
-    table = LeadChannel.__table__  # type: ignore[attr-defined]
     channel_rows = [
         {"lead_id": created[identity_of(who)], "broker_id": who.broker_id,
          "provider": who.provider, "channel_user_id": who.channel_user_id,
          "channel_username": who.channel_username, "created_at": now}
         for who in people
     ]  # fmt: skip
-    statement = insert_ignoring_conflicts(
-        session, table, ["broker_id", "provider", "channel_user_id"]
-    ).returning(table.c.broker_id, table.c.provider, table.c.channel_user_id)
-    inserted = await session.exec(statement, params=channel_rows)
-    won: set[Identity] = {(b, p, u) for b, p, u in inserted.all()}
+    inserted = await conn.execute(_new_channels(session), channel_rows)
+    won: set[Identity] = {(b, p, u) for b, p, u in inserted}
     lost = [key for key in created if key not in won]
     if lost:  # another process created these chat users' leads first: use theirs
         await session.exec(sa.delete(Lead).where(col(Lead.id).in_([created[k] for k in lost])))

@@ -271,6 +271,25 @@ async def test_two_sqlite_writers_wait_for_each_other_instead_of_failing(sqlite_
             await e.dispose()
 
 
+async def test_sqlite_connection_back_in_the_pool_has_no_transaction_open(sqlite_url: str):
+    """The pool rolls back only what is open; a connection never comes back mid-transaction."""
+    engine = make_engine(sqlite_url)
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            await conn.commit()  # SQLAlchemy's transaction ends; the pool still sees the driver
+            await (await driver.execute("BEGIN IMMEDIATE")).close()
+            assert driver.in_transaction
+        assert not driver.in_transaction  # rolled back when the pool took it back
+        async with engine.begin() as conn:  # and the next BEGIN IMMEDIATE works
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
+        async with engine.begin() as conn:  # a committed connection is simply reused
+            assert (await conn.execute(sa.text("SELECT 2"))).scalar_one() == 2
+    finally:
+        await engine.dispose()
+
+
 async def test_status_before_the_send_returned_is_kept_then_applied(
     sessions: async_sessionmaker[AsyncSession], broker: str, engine: AsyncEngine
 ):

@@ -166,6 +166,7 @@ def _edited_message(value: Any, update_id: int) -> InboundEdit:
     message_id = _int(msg.get("message_id"))
     if message_id is None:
         raise _Skip("no message_id: the edited message cannot be found")
+    chat = _obj(msg.get("chat")) or {}
     sender = _obj(msg.get("from"))
     content = _content(msg)
     return InboundEdit(
@@ -174,8 +175,8 @@ def _edited_message(value: Any, update_id: int) -> InboundEdit:
         text=content.text,
         attachments=content.attachments,
         edited_at=_utc(msg.get("edit_date")),
-        channel_username=_username(msg, sender),
-        user_display_name=_display_name(msg, sender),
+        channel_username=_username(chat, sender),
+        user_display_name=_display_name(chat, sender),
     )
 
 
@@ -276,8 +277,8 @@ def _origin(msg: Mapping[str, Any], update_id: int) -> _Origin:
     return _Origin(
         chat_id=chat_id,
         message_key=key,
-        username=_username(msg, sender),
-        display_name=_display_name(msg, sender),
+        username=_username(chat, sender),
+        display_name=_display_name(chat, sender),
         metadata=metadata,
     )
 
@@ -290,14 +291,12 @@ def _chat_id(msg: Mapping[str, Any]) -> str:
     return chat_id
 
 
-def _username(msg: Mapping[str, Any], sender: Mapping[str, Any] | None) -> str | None:
-    chat = _obj(msg.get("chat")) or {}
+def _username(chat: Mapping[str, Any], sender: Mapping[str, Any] | None) -> str | None:
     return _str(chat.get("username")) or (_str(sender.get("username")) if sender else None)
 
 
-def _display_name(msg: Mapping[str, Any], sender: Mapping[str, Any] | None) -> str | None:
+def _display_name(chat: Mapping[str, Any], sender: Mapping[str, Any] | None) -> str | None:
     """The sender's name; a private chat's own name when there is no sender."""
-    chat = _obj(msg.get("chat")) or {}
     name = _full_name(sender)
     if name is None and _str(chat.get("type")) == "private":
         name = _full_name(chat)
@@ -474,7 +473,8 @@ _MEDIA: dict[str, Callable[[Any, str | None], Attachment | None]] = {
 
 
 def _obj(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) else None
+    # type() first: decoded JSON holds plain dicts, and the ABC check is slow.
+    return value if type(value) is dict or isinstance(value, Mapping) else None
 
 
 def _require_obj(value: Any, reason: str) -> Mapping[str, Any]:
@@ -490,7 +490,8 @@ def _str(value: Any) -> str | None:
 
 def _is_int(value: Any) -> bool:
     """An int in the signed 64-bit range Telegram's ids live in; never a bool."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    # type() first: decoded JSON holds plain ints, and this runs for every id.
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
         return False
     return -_INT_LIMIT < value < _INT_LIMIT
 
@@ -534,9 +535,9 @@ def _utc(value: Any) -> datetime | None:
 def _full_name(person: Mapping[str, Any] | None) -> str | None:
     if person is None:
         return None
-    parts = (_str(person.get("first_name")), _str(person.get("last_name")))
-    name = " ".join(p for p in parts if p).strip()
-    return name or None
+    first, last = _str(person.get("first_name")), _str(person.get("last_name"))
+    name = f"{first} {last}" if first and last else first or last or ""
+    return name.strip() or None
 
 
 def _put(target: dict[str, Any], key: str, value: Any) -> None:
