@@ -255,7 +255,7 @@ class Dispatcher:
             return self._failed(row, _error_text(exc, exc.code))
         except RecipientMoved as exc:
             await self._rekey(row, exc.new_channel_user_id)
-            return Released(row.id)
+            return Released(row.id, tried=True)
         except RetryableSendError as exc:
             return await self._retry(row, exc)
         except Exception as exc:

@@ -87,9 +87,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """Taken but not sent (the chat moved, the channel went down): due again now."""
+    """Taken, due again now. Not tried (the channel went down, the limits would not
+    let it go in time, the process stops): its attempt is given back. Tried (the
+    chat moved): the attempt stays counted."""
 
     id: int
+    tried: bool = False
 
 
 Outcome = Sent | Failed | Retry | Released
@@ -344,7 +347,11 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
                 if isinstance(o, Retry) and o.metadata is not None
             ],
         ),
-        ({}, [{"row_id": o.id} for o in outcomes if isinstance(o, Released)]),
+        (
+            {"attempts": col(ChatMessage.attempts) - 1},
+            [{"row_id": o.id} for o in outcomes if isinstance(o, Released) and not o.tried],
+        ),
+        ({}, [{"row_id": o.id} for o in outcomes if isinstance(o, Released) and o.tried]),
     ]
     for values, params in updates:
         if params:

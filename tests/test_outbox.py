@@ -93,7 +93,7 @@ async def test_many_outcomes_are_stored_together_and_only_on_rows_still_pending(
         Failed(ids[3], "400: bad"),
         Retry(ids[4], "500: busy", now + timedelta(seconds=5)),
         Retry(ids[5], "429: wait", now + timedelta(seconds=9), {"throttled": 1}),
-        Released(ids[6]),
+        Released(ids[6]),  # never tried: the attempt counted when taking it is given back
     ]
     async with sessions() as session, session.begin():
         await record(session, outcomes)
@@ -116,6 +116,7 @@ async def test_many_outcomes_are_stored_together_and_only_on_rows_still_pending(
         ("pending", None, None),
     ]
     assert all(found[i]["lease_until"] is None for i in ids)
+    assert [found[i]["attempts"] for i in ids] == [1, 1, 1, 1, 1, 1, 0]
     assert found[ids[0]]["sent_at"] is not None
     assert "throttled" in str(found[ids[5]]["provider_metadata"])
 

@@ -204,7 +204,7 @@ async def test_run_serves_health_and_web_chat_then_stops_cleanly_on_sigterm(
     async with aiohttp.ClientSession() as http:
         async with http.get(running.base + "/healthz") as response:
             health = await response.json()
-        assert health["brokers"]["demo"]["providers"]["webchat"] == {"state": "up"}
+        assert health["brokers"]["demo"]["providers"]["webchat"]["state"] == "up"
         async with http.ws_connect(running.base + "/webchat/demo/ws?visitor=proc-visitor-01") as ws:
             assert (await ws.receive_json())["type"] == "history"
             await ws.send_json({"type": "message", "id": "proc-msg-0001", "text": "hola"})

@@ -128,13 +128,14 @@ async def test_two_brokers_poll_while_one_token_is_revoked(world: World, make_ap
     world.demo.push_update(world.demo.text_update(CHAT, "still here"))
     await wait_for(lambda: _has(inbound(app)))
     health = await (await app.client.get("/healthz")).json()
-    assert health["brokers"]["demo"]["providers"]["telegram"] == {"state": "up"}
+    assert health["brokers"]["demo"]["providers"]["telegram"]["state"] == "up"
     acme = health["brokers"]["acme"]["providers"]["telegram"]
     assert acme["state"] == "down"
     text = json.dumps(health)
     assert ACME_TOKEN not in text and DEMO_TOKEN not in text
-    # Not hammered: one getMe at start, the retry waits seconds.
-    assert len([r for r in world.fake.calls("getMe") if r.bot == "acme_homes_bot"]) == 1
+    # Not hammered: one getMe at start, and the first retry waits 5 s (a busy machine
+    # may take that long to get here, so one retry may have come).
+    assert len([r for r in world.fake.calls("getMe") if r.bot == "acme_homes_bot"]) <= 2
 
 
 async def test_429_on_get_updates_is_waited_out_exactly(world: World, make_app: AppFactory):

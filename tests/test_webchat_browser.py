@@ -298,7 +298,7 @@ async def test_reply_shown_live_is_delivered_even_when_marking_it_sent_is_slow(
 ):
     receipt_stored = asyncio.Event()
     pipeline = app.service.pipeline
-    ingest, mark_sent = pipeline.ingest, dispatcher_module.mark_sent
+    ingest, record = pipeline.ingest, dispatcher_module.record
 
     async def ingest_noting_receipts(broker_id, provider, events):
         outcome = await ingest(broker_id, provider, events)
@@ -306,14 +306,15 @@ async def test_reply_shown_live_is_delivered_even_when_marking_it_sent_is_slow(
             receipt_stored.set()
         return outcome
 
-    async def slow_mark_sent(*args, **kwargs):
+    async def slow_record(session, outcomes):
         # A database slower than the browser's round trip: the page's receipt
         # is processed before the row is marked sent.
-        await asyncio.wait_for(receipt_stored.wait(), TIMEOUT_MS / 1000)
-        return await mark_sent(*args, **kwargs)
+        if outcomes:
+            await asyncio.wait_for(receipt_stored.wait(), TIMEOUT_MS / 1000)
+        return await record(session, outcomes)
 
     monkeypatch.setattr(pipeline, "ingest", ingest_noting_receipts)
-    monkeypatch.setattr(dispatcher_module, "mark_sent", slow_mark_sent)
+    monkeypatch.setattr(dispatcher_module, "record", slow_record)
 
     page = await open_chat(context, app)
     await say(page, "Hola, busco depto")
