@@ -21,6 +21,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 Apply = Callable[[AsyncSession, Sequence[T]], Awaitable[Sequence[R]]]
 
+GATHER_SECONDS = 0.002
+BUSY_WITHIN_SECONDS = 0.005
+
 
 @dataclass(slots=True)
 class _Item(Generic[T, R]):
@@ -31,6 +34,8 @@ class _Item(Generic[T, R]):
 class GroupCommit(Generic[T, R]):
     """`apply(session, items)` runs inside the transaction and returns one result per item.
 
+    A batch holds items up to `max_batch` in total `weight` (say, events per
+    delivery); `committed` is called with a batch's results once it is committed.
     Until `start` (and after `stop`) every item is its own transaction.
     """
 
@@ -40,13 +45,22 @@ class GroupCommit(Generic[T, R]):
         apply: Apply[T, R],
         name: str,
         max_batch: int = 500,
+        weight: Callable[[T], int] = lambda _: 1,
+        committed: Callable[[Sequence[R]], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._apply = apply
         self._name = name
         self._max_batch = max_batch
+        self._weight = weight
+        self._committed = committed
         self._queue: asyncio.Queue[_Item[T, R] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._last_commit = float("-inf")
+
+    @property
+    def running(self) -> bool:
+        return self._writer is not None
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=self._name)
@@ -72,17 +86,31 @@ class GroupCommit(Generic[T, R]):
             if first is None:
                 return
             if self._queue.empty():
-                await asyncio.sleep(0)  # let the callers running right now join this commit
-            batch, last = [first], False
-            while len(batch) < self._max_batch and not self._queue.empty():
+                await asyncio.sleep(self._gathering())
+            batch, size, last = [first], self._weight(first.value), False
+            while size < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     last = True
                     break
                 batch.append(item)
+                size += self._weight(item.value)
             await self._commit(batch)
+            self._last_commit = asyncio.get_running_loop().time()
             if last:
                 return
+
+    def _gathering(self) -> float:
+        """How long an item alone in the queue waits for others to join its commit.
+
+        One loop turn lets items being prepared right now (requests being read and
+        parsed) join. When commits follow each other closely (a steady stream, say
+        1,000 webhooks/s), a commit costs far more than the few items it would
+        hold, so the writer waits a little longer for the next ones; an item after
+        a quiet spell still waits only the one turn.
+        """
+        since = asyncio.get_running_loop().time() - self._last_commit
+        return GATHER_SECONDS if since < BUSY_WITHIN_SECONDS else 0
 
     async def _commit(self, batch: list[_Item[T, R]]) -> None:
         try:
@@ -93,14 +121,14 @@ class GroupCommit(Generic[T, R]):
                 _settle(batch[0], exc)
                 return
             # One bad item must not fail the others: each alone, so only it fails.
-            log.warning(
-                "%s: a batch of %d failed (%r); storing each alone", self._name, len(batch), exc
-            )
+            log.info("%s: a batch of %d failed (%r); each alone", self._name, len(batch), exc)
             for item in batch:
                 await self._commit([item])
             return
         for item, result in zip(batch, results, strict=True):
             _settle(item, result)
+        if self._committed is not None:
+            self._committed(results)
 
 
 def _settle(item: _Item[T, R], result: R | BaseException) -> None:

@@ -11,12 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import InboundMessage, MessageStatus, StatusUpdate
-from leadline.runtime.pipeline import (
-    BUSY_WITHIN_SECONDS,
-    GATHER_SECONDS,
-    InboundPipeline,
-    PipelineStopped,
-)
+from leadline.runtime.batching import BUSY_WITHIN_SECONDS, GATHER_SECONDS
+from leadline.runtime.pipeline import InboundPipeline, PipelineStopped
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from tests.helpers import count, rows
 
@@ -107,9 +103,9 @@ async def test_after_stop_deliveries_are_refused_and_queued_ones_were_stored(
 async def test_the_writer_waits_for_more_only_while_commits_follow_each_other(
     pipeline: InboundPipeline, engine: AsyncEngine
 ):
-    assert pipeline._gathering() == 0  # nothing committed yet: one loop turn only
+    assert pipeline._writer._gathering() == 0  # nothing committed yet: one loop turn only
     await pipeline.ingest("demo", "signed", [message(0)])
-    assert pipeline._gathering() == GATHER_SECONDS  # a commit just now: a stream
+    assert pipeline._writer._gathering() == GATHER_SECONDS  # a commit just now: a stream
     pending = []
     for i in range(1, 41):  # one delivery each millisecond: every one stored
         pending.append(asyncio.ensure_future(pipeline.ingest("demo", "signed", [message(i)])))
@@ -117,4 +113,4 @@ async def test_the_writer_waits_for_more_only_while_commits_follow_each_other(
     await asyncio.gather(*pending)
     assert await count(engine, "chat_messages") == 41
     await asyncio.sleep(BUSY_WITHIN_SECONDS)
-    assert pipeline._gathering() == 0  # a quiet spell: a lone delivery is not held back
+    assert pipeline._writer._gathering() == 0  # a quiet spell: a lone delivery is not held back
