@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -120,3 +121,20 @@ class ProbedTelegram(FakeTelegram):
         app = super().app()
         app.middlewares.append(self.probe.middleware)
         return app
+
+
+# The shared provider fixtures beside the repository, else where this machine keeps them.
+FIXTURE_DIRS = (
+    Path(__file__).resolve().parents[2] / "shared" / "providers" / "fixtures",
+    Path("/work/shared/providers/fixtures"),
+)
+
+
+def provider_fixture(name: str) -> Path:
+    """A file of ../shared/providers/fixtures (PROVIDERS.md's payloads)."""
+    for folder in FIXTURE_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"provider fixture {name} not found in {', '.join(map(str, FIXTURE_DIRS))}"
+    )
