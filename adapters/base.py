@@ -114,6 +114,9 @@ class OutboundMessage:
     text: str | None = None
     attachments: Sequence[Attachment] = ()
     reply_to: str | None = None
+    # When the chat user last wrote on this channel (None: never). A provider's
+    # messaging window counts from it: outside it, free-form messages are refused.
+    last_inbound_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -369,6 +369,7 @@ def _outbound(row: OutboxRow) -> OutboundMessage:
         text=row.message_text,
         attachments=[Attachment.from_json(a) for a in row.attachments],
         reply_to=row.provider_metadata.get("reply_to"),
+        last_inbound_at=row.last_inbound_at,
     )
 
 

@@ -55,6 +55,7 @@ class OutboxRow:
     provider_metadata: dict[str, Any]
     attempts: int
     created_at: datetime
+    last_inbound_at: datetime | None = None  # when the chat user last wrote on this channel
 
     @property
     def recipient(self) -> tuple[str, str, str]:
@@ -188,6 +189,22 @@ def _paused(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+def _last_inbound() -> sa.ScalarSelect[Any]:
+    """When the recipient last wrote on this channel: providers' messaging windows
+    (WhatsApp's 24 hours, Messenger's) count from it."""
+    inbound = aliased(ChatMessage)
+    return (
+        sa.select(sa.func.max(inbound.created_at))
+        .where(
+            col(inbound.provider) == col(ChatMessage.provider),
+            col(inbound.channel_user_id) == col(ChatMessage.channel_user_id),
+            col(inbound.broker_id) == col(ChatMessage.broker_id),
+            col(inbound.direction) == Direction.IN,
+        )
+        .scalar_subquery()
+    )
+
+
 OUTBOX_COLUMNS = (
     ChatMessage.id,
     ChatMessage.broker_id,
@@ -211,7 +228,7 @@ async def due_heads(
         if budget <= 0:
             continue
         part = (
-            sa.select(*OUTBOX_COLUMNS)
+            sa.select(*OUTBOX_COLUMNS, _last_inbound().label("last_inbound_at"))
             .where(
                 col(ChatMessage.broker_id) == broker_id,
                 col(ChatMessage.provider) == provider,

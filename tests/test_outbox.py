@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.runtime.batching import GroupCommit
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
+from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.outbox import (
     Failed,
@@ -137,3 +138,30 @@ async def test_group_commit_stores_concurrent_outcomes_in_one_transaction(
     await asyncio.gather(*(writer.submit(Sent(i, f"p-{i}")) for i in ids))
     await writer.stop()
     assert sum(batches) == 20 and len(batches) <= 2  # not one commit per outcome
+
+
+async def test_a_head_knows_when_its_recipient_last_wrote_on_that_channel(
+    sessions: Sessions, queue
+):
+    """Messaging windows (WhatsApp, Messenger) count from it; other chats, other
+    providers and outbound rows do not count."""
+    early, late = utcnow() - timedelta(hours=30), utcnow() - timedelta(hours=2)
+    async with sessions() as session, session.begin():
+        await insert_messages(
+            session,
+            [
+                IncomingRow(ChannelIdentity("demo", "signed", "a"), "in-1", "hi", created_at=early),
+                IncomingRow(ChannelIdentity("demo", "signed", "a"), "in-2", "hey", created_at=late),
+                IncomingRow(ChannelIdentity("demo", "webchat", "b"), "in-3", "yo", created_at=late),
+            ],
+        )
+    await queue("a", "to a")
+    await queue("b", "to b")  # b wrote, but on another provider
+    async with sessions() as session:
+        found = {
+            r.channel_user_id: r
+            for r in await due_heads(session, utcnow(), {("demo", "signed"): 9})
+        }
+    assert found["a"].last_inbound_at == late
+    assert found["a"].last_inbound_at.tzinfo is not None
+    assert found["b"].last_inbound_at is None
