@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "leadline.adapters"
 # Modules of this package that are infrastructure, not providers.
-_NOT_PROVIDERS = frozenset({"base", "registry", "conformance", "meta"})
+_NOT_PROVIDERS = frozenset({"base", "registry", "conformance", "meta", "payload"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,10 @@ aiogram's cannot represent is still stored. No I/O, no logging.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from leadline.adapters.base import (
@@ -34,6 +32,11 @@ from leadline.adapters.base import (
     InboundMessage,
     MalformedPayload,
 )
+from leadline.adapters.payload import decode_json, utc_from_unix
+from leadline.adapters.payload import finite as _num
+from leadline.adapters.payload import obj as _obj
+from leadline.adapters.payload import put as _put
+from leadline.adapters.payload import text as _str
 
 # Message fields that describe a message rather than hold its content.
 ENVELOPE_FIELDS = frozenset(
@@ -101,13 +104,7 @@ class _Origin:
 
 def parse_body(body: bytes) -> ParsedUpdate:
     """Parse a webhook body (one JSON Update)."""
-    if not isinstance(body, bytes | bytearray | memoryview):
-        raise MalformedPayload("body is not bytes")
-    try:
-        update = json.loads(bytes(body))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise MalformedPayload("body is not valid JSON") from exc
-    return parse_update(update)
+    return parse_update(decode_json(body))
 
 
 def parse_update(update: Mapping[str, Any]) -> ParsedUpdate:
@@ -472,20 +469,11 @@ _MEDIA: dict[str, Callable[[Any, str | None], Attachment | None]] = {
 # --- typed reads of untrusted values ---------------------------------------------
 
 
-def _obj(value: Any) -> Mapping[str, Any] | None:
-    # type() first: decoded JSON holds plain dicts, and the ABC check is slow.
-    return value if type(value) is dict or isinstance(value, Mapping) else None
-
-
 def _require_obj(value: Any, reason: str) -> Mapping[str, Any]:
     obj = _obj(value)
     if obj is None:
         raise _Skip(reason)
     return obj
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _is_int(value: Any) -> bool:
@@ -510,26 +498,10 @@ def _id(value: Any) -> str | None:
     return str(number) if number is not None else None
 
 
-def _num(value: Any) -> float | None:
-    """A finite number as float; None for bools, NaN, infinities and huge ints."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _utc(value: Any) -> datetime | None:
     """A Unix timestamp as an aware UTC datetime; None when it is none or out of range."""
     seconds = _num(value)
-    if seconds is None:
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
+    return None if seconds is None else utc_from_unix(seconds)
 
 
 def _full_name(person: Mapping[str, Any] | None) -> str | None:
@@ -538,8 +510,3 @@ def _full_name(person: Mapping[str, Any] | None) -> str | None:
     first, last = _str(person.get("first_name")), _str(person.get("last_name"))
     name = f"{first} {last}" if first and last else first or last or ""
     return name.strip() or None
-
-
-def _put(target: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        target[key] = value

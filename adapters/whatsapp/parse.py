@@ -26,12 +26,10 @@ itself and never lets a gap in one item lose the others.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from leadline.adapters.base import (
@@ -42,6 +40,11 @@ from leadline.adapters.base import (
     MessageStatus,
     StatusUpdate,
 )
+from leadline.adapters.payload import decode_json, utc_from_unix
+from leadline.adapters.payload import finite as _num
+from leadline.adapters.payload import obj as _obj
+from leadline.adapters.payload import put as _put
+from leadline.adapters.payload import text as _str
 
 OBJECT = "whatsapp_business_account"
 MESSAGES_FIELD = "messages"  # the only change field that carries messages and statuses
@@ -140,12 +143,7 @@ class _Source:
 
 
 def _decode(body: bytes) -> Mapping[str, Any]:
-    if not isinstance(body, bytes | bytearray | memoryview):
-        raise MalformedPayload("body is not bytes")
-    try:
-        payload = json.loads(bytes(body))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
-        raise MalformedPayload("body is not valid JSON") from exc
+    payload = decode_json(body)
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
     return payload
@@ -456,14 +454,6 @@ def _failure(value: Any) -> str | None:
 # --- typed reads of untrusted values ---------------------------------------------
 
 
-def _obj(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, dict) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _id(value: Any) -> str | None:
     """An id storage can hold: a non-empty printable string (or an int) of ≤255 chars."""
     if type(value) is int:  # never a bool; Meta sends strings, but a number is unambiguous
@@ -474,17 +464,6 @@ def _id(value: Any) -> str | None:
     return value if value.isprintable() else None
 
 
-def _num(value: Any) -> float | None:
-    """A finite number as float; None for bools, NaN, infinities and huge ints."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _utc(value: Any) -> datetime | None:
     """Unix seconds (a digit string, or an int) as an aware UTC datetime."""
     if type(value) is int and value >= 0:
@@ -493,12 +472,4 @@ def _utc(value: Any) -> datetime | None:
         seconds = int(value)
     else:
         return None
-    try:
-        return datetime.fromtimestamp(seconds, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _put(target: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        target[key] = value
+    return utc_from_unix(seconds)

@@ -1,0 +1,61 @@
+"""Typed reads of an untrusted, decoded JSON payload: shared by the providers' parsers.
+
+Webhook bodies are the provider's to shape and anybody's to forge. These
+helpers turn a value of unknown type into the type a parser wants, or None,
+and never raise; a parser then decides whether the item is skipped or kept raw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from leadline.adapters.base import MalformedPayload
+
+
+def decode_json(body: bytes) -> Any:
+    """The decoded body; MalformedPayload for anything that is not JSON bytes."""
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise MalformedPayload("body is not bytes")
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
+        raise MalformedPayload("body is not valid JSON") from exc
+
+
+def obj(value: Any) -> Mapping[str, Any] | None:
+    # type() first: decoded JSON holds plain dicts, and the ABC check is slow.
+    return value if type(value) is dict or isinstance(value, Mapping) else None
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string."""
+    return value if isinstance(value, str) and value else None
+
+
+def finite(value: Any) -> float | None:
+    """A finite number as float; None for bools, NaN, infinities and huge ints."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def utc_from_unix(seconds: float) -> datetime | None:
+    """Unix seconds as an aware UTC datetime; None when out of the platform's range."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def put(target: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` only when there is a value: metadata keeps no empty keys."""
+    if value is not None:
+        target[key] = value
