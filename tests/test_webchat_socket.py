@@ -87,6 +87,16 @@ async def test_history_on_reconnect_holds_both_sides_in_order(app: AppHarness):
     await receive(ws, "message")
     await say(ws, "client-msg-0002", "Busco depto")
     await ws.close()
+
+    async def welcome_recorded_sent() -> bool:
+        # The socket gets the reply during the send; the row is marked sent with the
+        # next group commit, a few milliseconds later. History shows sent replies.
+        found = await rows(
+            app.service.engine, "SELECT status FROM chat_messages WHERE direction = 'out'"
+        )
+        return [r["status"] for r in found] == ["sent"]
+
+    await wait_for(welcome_recorded_sent)
     again = await connect(app)
     history = (await receive(again, "history"))["messages"]
     assert [(m["direction"], m["text"]) for m in history] == [
