@@ -565,7 +565,8 @@ def report(
 
 
 async def bench(args: argparse.Namespace, folder: Path) -> None:
-    from tests.fakes.telegram_api import FakeTelegram, running_fake
+    from tests.fakes.serving import running_fake
+    from tests.fakes.telegram_api import FakeTelegram
 
     latency_count = max(1, round(args.rate * args.seconds))
     warmup = Batch.build(0, args.warmup)

@@ -130,11 +130,17 @@ FIXTURE_DIRS = (
 )
 
 
-def provider_fixture(name: str) -> Path:
-    """A file of ../shared/providers/fixtures (PROVIDERS.md's payloads)."""
+def fixtures_dir() -> Path:
+    """The folder of PROVIDERS.md's payloads (../shared/providers/fixtures)."""
     for folder in FIXTURE_DIRS:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(
-        f"provider fixture {name} not found in {', '.join(map(str, FIXTURE_DIRS))}"
-    )
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(f"provider fixtures not found in {', '.join(map(str, FIXTURE_DIRS))}")
+
+
+def provider_fixture(name: str) -> Path:
+    """One file of the provider fixtures."""
+    path = fixtures_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"provider fixture {path} not found")
+    return path

@@ -34,7 +34,8 @@ from leadline.adapters.telegram import SECRET_HEADER
 from leadline.storage.engine import make_session_factory
 from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.outbox import QueuedMessage, enqueue
-from tests.fakes.telegram_api import FakeBot, FakeTelegram, running_fake
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.helpers import as_utc, rows
 from tests.test_process import Launcher
 from tests.test_telegram_process import until

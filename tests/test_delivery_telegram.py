@@ -37,7 +37,8 @@ from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.outbox import QueuedMessage, enqueue
 from leadline.storage.types import utcnow
 from tests.conftest import load_test_brokers, make_settings, wait_for
-from tests.fakes.telegram_api import FakeBot, SentCall, running_fake
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, SentCall
 from tests.helpers import ApiCall, CallProbe, ProbedTelegram, as_utc, rows
 
 DEMO_TOKEN = "111222333:AAE-demo-token-not-real"

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes.graph_api import FakeGraph, FakeNumber, running_fake
+from tests.fakes.graph_api import FakeGraph, FakeNumber
+from tests.fakes.serving import running_fake
 from tests.helpers import provider_fixture
 
 NUMBER_ID = "106540352242922"

@@ -29,7 +29,8 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, ReplyParameters
 
-from tests.fakes.telegram_api import FakeBot, FakeTelegram, Upload, running_fake
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, FakeTelegram, Upload
 
 TOKEN = "111222333:AAExampleToken_not-real"
 CHAT = 123456789

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import AppFactory, AppHarness, wait_for
-from tests.fakes.telegram_api import FakeBot, FakeTelegram, running_fake
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.helpers import count, rows
 
 DEMO_TOKEN = "111222333:AAE-demo-token-not-real"

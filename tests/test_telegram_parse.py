@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +19,12 @@ from leadline.adapters.base import Attachment, InboundEdit, InboundMessage, Malf
 from leadline.adapters.telegram import parse as telegram_parse
 from leadline.adapters.telegram.parse import UNPARSED, ParsedUpdate, parse_body, parse_update
 from leadline.runtime.sanitize import clean_events
+from tests.fuzz import mutate
+from tests.helpers import fixtures_dir
 
-FIXTURE_DIRS = (
-    Path(__file__).resolve().parents[2] / "shared" / "providers" / "fixtures",
-    Path("/work/shared/providers/fixtures"),
-)
 UPDATE_FIXTURES = ("text", "command", "photo", "edited", "callback_query")
 ADA = "123456789"
 LARGE_PHOTO = "AgACAgIAAxkBAAMsExamplePhotoLarge0000000000000"
-
-
-def fixtures_dir() -> Path:
-    for candidate in FIXTURE_DIRS:
-        if candidate.is_dir():
-            return candidate
-    pytest.fail(f"provider fixtures not found; looked in {', '.join(map(str, FIXTURE_DIRS))}")
 
 
 def load(name: str) -> Any:
@@ -552,40 +542,6 @@ JUNK: list[Callable[[random.Random], Any]] = [
 ]
 
 
-def paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from paths(value, (*prefix, index))
-
-
-def mutate(update: Any, rng: random.Random, seeds: list[dict[str, Any]]) -> Any:
-    """Replace, delete, wrap or swap one randomly chosen nested value."""
-    candidates = [p for p in paths(update) if p]
-    if not candidates:
-        return update
-    where = rng.choice(candidates)
-    parent = update
-    for step in where[:-1]:
-        parent = parent[step]
-    key = where[-1]
-    action = rng.random()
-    if action < 0.2 and isinstance(parent, dict):
-        del parent[key]
-    elif action < 0.3:
-        parent[key] = [parent[key]]
-    elif action < 0.4 and isinstance(parent[key], dict):
-        parent[key] = list(parent[key].values())
-    elif action < 0.5:
-        parent[key] = copy.deepcopy(rng.choice(seeds)).get("message", {})
-    else:
-        parent[key] = rng.choice(JUNK)(rng)
-    return update
-
-
 def test_fuzzed_updates_raise_only_malformed_payload_and_give_storable_events() -> None:
     seeds = [load(name) for name in UPDATE_FIXTURES]
     seeds.extend(load("getUpdates_response")["result"])
@@ -598,7 +554,9 @@ def test_fuzzed_updates_raise_only_malformed_payload_and_give_storable_events() 
     for case in range(2000):
         update = copy.deepcopy(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
-            update = mutate(update, rng, seeds)
+            update = mutate(
+                update, rng, JUNK, lambda: copy.deepcopy(rng.choice(seeds)).get("message", {})
+            )
         try:
             parsed = parse_update(update)
         except MalformedPayload:

@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.fakes.telegram_api import FakeBot, FakeTelegram, running_fake
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.helpers import rows
 from tests.test_process import Launcher
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ from leadline.adapters.base import (
 from leadline.adapters.whatsapp import parse as whatsapp_parse
 from leadline.adapters.whatsapp.parse import Delivery, Routed, parse_body
 from leadline.runtime.sanitize import clean_events
-from tests.helpers import FIXTURE_DIRS, provider_fixture
+from tests.fuzz import mutate
+from tests.helpers import fixtures_dir, provider_fixture
 
 PHONE_NUMBER_ID = "106540352242922"
 DISPLAY_NUMBER = "15550783881"
@@ -93,7 +94,7 @@ def parse_message(message: dict[str, Any]) -> InboundMessage:
 
 
 def test_every_whatsapp_webhook_fixture_has_an_expectation_here() -> None:
-    folder = next(d for d in FIXTURE_DIRS if (d / "whatsapp_text.json").is_file())
+    folder = fixtures_dir()
     webhooks = set()
     for path in folder.glob("whatsapp_*.json"):
         data = json.loads(path.read_bytes())
@@ -746,40 +747,6 @@ JUNK: list[Callable[[random.Random], Any]] = [
 ]
 
 
-def paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from paths(value, (*prefix, index))
-
-
-def mutate(payload: Any, rng: random.Random, seeds: list[dict[str, Any]]) -> Any:
-    """Replace, delete, wrap or swap one randomly chosen nested value."""
-    candidates = [p for p in paths(payload) if p]
-    if not candidates:
-        return payload
-    where = rng.choice(candidates)
-    parent = payload
-    for step in where[:-1]:
-        parent = parent[step]
-    key = where[-1]
-    action = rng.random()
-    if action < 0.2 and isinstance(parent, dict):
-        del parent[key]
-    elif action < 0.3:
-        parent[key] = [parent[key]]
-    elif action < 0.4 and isinstance(parent[key], dict):
-        parent[key] = list(parent[key].values())
-    elif action < 0.5:
-        parent[key] = copy.deepcopy(value_of(rng.choice(seeds)))
-    else:
-        parent[key] = rng.choice(JUNK)(rng)
-    return payload
-
-
 def every_kind_payload() -> dict[str, Any]:
     """One change holding a message of every kind this module reads, and statuses."""
     payload = load("whatsapp_multi_messages.json")
@@ -840,7 +807,7 @@ def test_fuzzed_payloads_raise_only_malformed_payload_and_give_storable_events()
     for case in range(2000):
         payload = copy.deepcopy(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
-            payload = mutate(payload, rng, seeds)
+            payload = mutate(payload, rng, JUNK, lambda: copy.deepcopy(value_of(rng.choice(seeds))))
         try:
             delivery = parse_body(body(payload))
         except MalformedPayload:

@@ -17,7 +17,7 @@ fbtrace_id}}`. Usage:
     fake = FakeGraph()
     number = fake.add_number("106540352242922", "EAAG-example-token")
     number.fail_next("131056", to="+16505551234")
-    async with running_fake(fake) as base_url:
+    async with running_fake(fake) as base_url:  # tests/fakes/serving.py
         ...  # POST f"{base_url}/v23.0/106540352242922/messages"
 
 HTTP statuses: the fixtures carry none and PROVIDERS.md calls them unpublished. The fake
@@ -33,17 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import itertools
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.serving import drop_connection
 
 TEXT_LIMIT = 4096  # characters of text.body
 CAPTION_LIMIT = 1024
@@ -616,25 +616,5 @@ async def _apply_fault(request: web.Request, fault: Fault) -> None:
         await asyncio.sleep(fault.delay)
         return
     if fault.kind == "drop":
-        # No answer at all: the client sees the connection close mid-request. aiohttp
-        # treats a cancelled handler as a vanished peer, so it writes nothing and logs nothing.
-        if request.transport is not None:
-            request.transport.close()
-        raise asyncio.CancelledError
+        drop_connection(request)
     raise GraphError(ERRORS[fault.kind], fault.details, fault.status)
-
-
-@contextlib.asynccontextmanager
-async def running_fake(fake: FakeGraph) -> AsyncIterator[str]:
-    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL."""
-    # No access log: download urls carry their hash in the query string.
-    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        fake.close()
-        await runner.cleanup()

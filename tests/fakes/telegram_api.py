@@ -9,7 +9,7 @@ in a query string, urlencoded form, multipart form or JSON body, answered with
     fake = FakeTelegram()
     bot = fake.add_bot("111:AAA", "demo_bot")
     bot.push_update(bot.text_update(123456789, "Hello"))
-    async with running_fake(fake) as base_url:
+    async with running_fake(fake) as base_url:  # tests/fakes/serving.py
         ...  # Bot("111:AAA", session=AiohttpSession(api=TelegramAPIServer.from_base(base_url)))
 
 Use one `FakeTelegram` per test: its long-poll futures belong to the test's event loop.
@@ -22,7 +22,6 @@ webhook is ever delivered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
@@ -30,11 +29,13 @@ import mimetypes
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.serving import drop_connection
 
 UNAUTHORIZED = "Unauthorized"
 NOT_FOUND = "Not Found"
@@ -709,11 +710,7 @@ def _error(exc: ApiError) -> web.Response:
 
 def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
     if fault.kind == "drop":
-        # No answer at all: the client sees the connection close mid-request. aiohttp
-        # treats a cancelled handler as a vanished peer, so it writes nothing and logs nothing.
-        if request.transport is not None:
-            request.transport.close()
-        raise asyncio.CancelledError
+        drop_connection(request)
     if fault.kind == "502-html":
         return web.Response(status=502, text=NGINX_502, content_type="text/html")
     if fault.kind == "429":
@@ -837,19 +834,3 @@ def _media_object(bot: FakeBot, kind: str, media: Any, params: dict[str, Any]) -
         guessed = mimetypes.guess_type(media.filename)[0]
         obj.update(file_name=media.filename, mime_type=guessed or media.content_type)
     return obj
-
-
-@contextlib.asynccontextmanager
-async def running_fake(fake: FakeTelegram) -> AsyncIterator[str]:
-    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL."""
-    # No access log: the request path holds the bot token, and tokens are never logged.
-    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        fake.close()
-        await runner.cleanup()
