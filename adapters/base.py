@@ -319,7 +319,10 @@ class Adapter:
     # inbound
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         """Check the request's authenticity on the raw bytes; raise SignatureMissing
-        or SignatureInvalid. Fails closed: the default refuses everything."""
+        or SignatureInvalid. Fails closed: the default refuses everything.
+
+        `headers` are the request's, looked up whatever the case of their names
+        (aiohttp's CIMultiDict), as in `parse`."""
         raise SignatureMissing(f"{self.name} does not accept webhooks")
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:

@@ -26,7 +26,7 @@ def sign(app_secret: str, body: bytes) -> str:
 
 def verify_signature(app_secret: str, headers: Mapping[str, str], body: bytes) -> None:
     """Fail closed: no header is 401, anything but the right HMAC is 403."""
-    sent = _header(headers, SIGNATURE_HEADER)
+    sent = headers.get(SIGNATURE_HEADER)
     if not sent:
         raise SignatureMissing(f"{SIGNATURE_HEADER} header missing")
     if not sent.startswith(PREFIX):
@@ -49,12 +49,3 @@ def handshake(query: Mapping[str, str], verify_token: str) -> HttpReply:
     if not hmac.compare_digest(sent, verify_token.encode()):
         raise RequestRejected("hub.verify_token does not match", status=403)
     return HttpReply(200, challenge, "text/plain")
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # aiohttp's headers are case-insensitive; a plain dict (tests, other callers) may not be.
-    found = headers.get(name)
-    if found is None:
-        lowered = name.lower()
-        found = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return found

@@ -58,10 +58,6 @@ class GroupCommit(Generic[T, R]):
         self._writer: asyncio.Task[None] | None = None
         self._last_commit = float("-inf")
 
-    @property
-    def running(self) -> bool:
-        return self._writer is not None
-
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=self._name)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -79,8 +79,5 @@ async def delivery_counts(session: AsyncSession, now: datetime) -> dict[ChannelK
     }
     for key, pause in (await active_pauses(session, now)).items():
         found = counts.get(key, DeliveryCounts())
-        counts[key] = DeliveryCounts(
-            found.queued, found.retrying, found.in_flight, found.sent_last_hour,
-            found.failed_last_hour, pause.until, pause.reason,
-        )  # fmt: skip
+        counts[key] = replace(found, paused_until=pause.until, pause_reason=pause.reason)
     return counts

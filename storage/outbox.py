@@ -276,12 +276,6 @@ async def claim_many(
     return {row[0] for row in result.all()}
 
 
-async def claim(
-    session: AsyncSession, message_id: int, now: datetime, lease_until: datetime
-) -> bool:
-    return message_id in await claim_many(session, [message_id], now, lease_until)
-
-
 async def unroutable(
     session: AsyncSession, routable: Collection[ChannelKey], limit: int = 500
 ) -> list[tuple[int, str, str]]:

