@@ -74,6 +74,8 @@ class InboundMessage:
     sent_at: datetime | None = None
     reply_to: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The provider-side account it arrived on (see `Adapter.account_id`); None: the URL's.
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class StatusUpdate:
     channel_user_id: str | None = None
     at: datetime | None = None
     error: str | None = None
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +102,43 @@ class InboundEdit:
     edited_at: datetime | None = None
     channel_username: str | None = None
     user_display_name: str | None = None
+    account: str | None = None
 
 
-InboundEvent = InboundMessage | InboundEdit | StatusUpdate
+@dataclass(frozen=True, slots=True)
+class ProviderNotice:
+    """Something the provider reports about the channel, not about one message (WhatsApp's
+    top-level `errors[]`). The runtime logs it and keeps it in `provider_notices`; `key`
+    is unique per notice, so a redelivery of the same delivery stores nothing new."""
+
+    key: str
+    code: str | None = None
+    title: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    account: str | None = None
+
+
+InboundEvent = InboundMessage | InboundEdit | StatusUpdate | ProviderNotice
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRef:
+    """A message template the provider has approved (WhatsApp), sent by name.
+
+    `parameters` fill the template's body variables ({{1}}, {{2}}, ...) in order.
+    """
+
+    name: str
+    language: str
+    parameters: Sequence[str] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "language": self.language, "parameters": list(self.parameters)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TemplateRef:
+        parameters = data.get("parameters") or ()
+        return cls(str(data["name"]), str(data["language"]), tuple(str(p) for p in parameters))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +154,11 @@ class OutboundMessage:
     # When the chat user last wrote on this channel (None: never). A provider's
     # messaging window counts from it: outside it, free-form messages are refused.
     last_inbound_at: datetime | None = None
+    # The provider's id of the chat user's latest message on this channel (None: never
+    # wrote): where a provider's typing indicator or read receipt must point.
+    last_inbound_id: str | None = None
+    # An approved template instead of free-form text (providers with `templates`).
+    template: TemplateRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +190,7 @@ class Capabilities:
     per_chat_rate_limit: RateLimit | None = None
     per_group_rate_limit: RateLimit | None = None
     messaging_window_seconds: int | None = None
+    templates: bool = False  # sends approved templates (OutboundMessage.template)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +352,15 @@ class Adapter:
         self.config = config
         self.context = context
 
+    @property
+    def account_id(self) -> str | None:
+        """The provider-side account this channel is (a WhatsApp phone number id, a Page
+        id), where one webhook URL can carry several accounts' events (one Meta app
+        serving many brokers). Events whose `account` names another broker's channel
+        are stored under that broker, provided its own `verify` accepts the request;
+        None: the URL alone routes."""
+        return None
+
     # lifecycle
     async def start(self) -> None:
         """Open sessions and check credentials. Raise to mark the channel down."""
@@ -355,9 +407,9 @@ class Adapter:
         limit = self.capabilities.per_chat_rate_limit
         return (limit,) if limit is not None else ()
 
-    async def send_typing(self, channel_user_id: str) -> None:
-        """Show a typing indicator; a no-op where the provider has none. The runtime
-        sends the message whether or not this fails."""
+    async def send_typing(self, message: OutboundMessage) -> None:
+        """Show a typing indicator before `message` goes; a no-op where the provider has
+        none. The runtime sends the message whether or not this fails."""
 
     async def mark_read(self, channel_user_id: str, channel_message_id: str) -> None:
         """Mark an inbound message read; a no-op where the provider has none."""

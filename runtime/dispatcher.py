@@ -35,6 +35,7 @@ from leadline.adapters.base import (
     RateLimit,
     RecipientMoved,
     RetryableSendError,
+    TemplateRef,
 )
 from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
@@ -243,14 +244,17 @@ class Dispatcher:
         if channel is None or channel.adapter is None or channel.state != ChannelState.UP:
             return Released(row.id)  # it went down meanwhile: due again once it is up
         adapter = channel.adapter
+        message = _outbound(row)
+        if message.template is not None and not adapter.capabilities.templates:
+            return self._failed(row, f"{row.provider} cannot send message templates")
         # Typing first: nothing may come between passing the limits and the send.
         if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
-            await _show_typing(adapter, row.channel_user_id)
+            await _show_typing(adapter, message)
         if not await self._pass_gates(channel, row):
             return Released(row.id)
         self._waiting.discard(row.recipient)
         try:
-            result = await adapter.send(_outbound(row))
+            result = await adapter.send(message)
         except PermanentSendError as exc:
             return self._failed(row, _error_text(exc, exc.code))
         except RecipientMoved as exc:
@@ -261,7 +265,8 @@ class Dispatcher:
         except Exception as exc:
             log.exception("adapter %s raised an untyped error", row.provider)
             return await self._retry(row, RetryableSendError(_error_text(exc, None)))
-        return Sent(row.id, result.channel_message_id, result.status)
+        metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
+        return Sent(row.id, result.channel_message_id, result.status, metadata)
 
     async def _pass_gates(self, channel: Channel, row: OutboxRow) -> bool:
         assert channel.adapter is not None
@@ -354,15 +359,16 @@ def _sendable(channel: Channel) -> bool:
     return channel.state == ChannelState.UP and channel.adapter is not None
 
 
-async def _show_typing(adapter: Adapter, channel_user_id: str) -> None:
+async def _show_typing(adapter: Adapter, message: OutboundMessage) -> None:
     """A nicety: its failure must never hold up the message itself."""
     try:
-        await adapter.send_typing(channel_user_id)
+        await adapter.send_typing(message)
     except Exception as exc:
         log.info("typing indicator on %s failed: %s", adapter.name, exc.__class__.__name__)
 
 
 def _outbound(row: OutboxRow) -> OutboundMessage:
+    template = row.provider_metadata.get("template")
     return OutboundMessage(
         ref=str(row.id),
         channel_user_id=row.channel_user_id,
@@ -370,6 +376,8 @@ def _outbound(row: OutboxRow) -> OutboundMessage:
         attachments=[Attachment.from_json(a) for a in row.attachments],
         reply_to=row.provider_metadata.get("reply_to"),
         last_inbound_at=row.last_inbound_at,
+        last_inbound_id=row.last_inbound_id,
+        template=TemplateRef.from_json(template) if template else None,
     )
 
 

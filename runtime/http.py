@@ -20,6 +20,7 @@ from leadline.config.settings import Settings
 from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import PipelineStopped
+from leadline.runtime.routing import route as route_events
 from leadline.runtime.service import Service, open_service
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.types import utcnow
@@ -151,8 +152,20 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("broker %s: %s could not parse a delivery", *channel.key)
         return error(400, "payload could not be parsed")
+    service = request.app[SERVICE]
+    routes = route_events(service.channels, channel, request.headers, body, events)
+    if routes.unowned:
+        accounts = ", ".join(sorted(routes.unowned))
+        log.error(
+            "broker %s: %s delivery for account(s) %s, which no broker here has; "
+            "those events are not stored (check the provider ids in brokers.toml)",
+            channel.broker.id, channel.provider, accounts,
+        )  # fmt: skip
+        if not any(routes.events.values()):
+            return error(403, f"account {accounts} is not this broker's {channel.provider}")
     try:
-        await request.app[SERVICE].pipeline.ingest(*channel.key, events)
+        for (broker_id, provider), routed in routes.events.items():
+            await service.pipeline.ingest(broker_id, provider, routed)
     except RequestRejected as rejected:
         return error(rejected.status, rejected.reason)
     except PipelineStopped:

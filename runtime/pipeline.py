@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import InboundEdit, InboundEvent, InboundMessage, StatusUpdate
+from leadline.adapters.base import (
+    InboundEdit,
+    InboundEvent,
+    InboundMessage,
+    ProviderNotice,
+    StatusUpdate,
+)
 from leadline.runtime.batching import GroupCommit
 from leadline.runtime.sanitize import clean_events
 from leadline.storage.inbound import IncomingRow, insert_messages
@@ -26,6 +32,7 @@ from leadline.storage.messages import (
     apply_edit,
     apply_status,
 )
+from leadline.storage.notices import Notice, insert_notices
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ class IngestOutcome:
     statuses_applied: int = 0
     statuses_kept: int = 0
     edits: int = 0
+    notices: int = 0
 
 
 def _identity(
@@ -157,6 +165,7 @@ class InboundPipeline:
                 outcomes[owner].stored.append(message_id)
         for delivery, outcome in zip(batch, outcomes, strict=True):
             await self._apply_others(session, delivery, outcome)
+            outcome.notices = await _store_notices(session, delivery)
         return outcomes
 
     async def _apply_others(
@@ -184,3 +193,19 @@ class InboundPipeline:
                     outcome.statuses_applied += 1
                 elif result == StatusOutcome.KEPT:
                     outcome.statuses_kept += 1
+
+
+async def _store_notices(session: AsyncSession, delivery: _Delivery) -> int:
+    """Keep what the provider said about the channel; log each notice once."""
+    notices = [
+        Notice(delivery.broker_id, delivery.provider, e.key, e.code, e.title, e.detail)
+        for e in delivery.events
+        if isinstance(e, ProviderNotice)
+    ]
+    new = await insert_notices(session, notices)
+    for notice in new:
+        log.warning(
+            "broker %s: %s reports %s: %s",
+            notice.broker_id, notice.provider, notice.code or "an error", notice.title or "",
+        )  # fmt: skip
+    return len(new)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -36,10 +36,12 @@ class ReplyWorker:
         sessions: async_sessionmaker[AsyncSession],
         brokers: Mapping[str, BrokerConfig],
         on_queued: Callable[[], None],
+        on_handled: Callable[[Sequence[Unhandled]], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._brokers = brokers
         self._on_queued = on_queued
+        self._on_handled = on_handled
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -76,15 +78,17 @@ class ReplyWorker:
             claimed, queued = await self._handle_next()
             if queued:
                 self._on_queued()
-            handled += claimed
+            if claimed and self._on_handled is not None:
+                self._on_handled(claimed)
+            handled += len(claimed)
             # A short batch took every row there was: rows stored later wake us again.
-            if claimed < BATCH:
+            if len(claimed) < BATCH:
                 return handled
         return handled
 
-    async def _handle_next(self) -> tuple[int, bool]:
+    async def _handle_next(self) -> tuple[list[Unhandled], bool]:
         """Claim the next batch and run the rules on it, in one transaction; returns
-        how many rows were claimed and whether replies were queued.
+        the rows claimed and whether replies were queued.
 
         Only rows this worker claims are answered, so two processes never answer
         the same message.
@@ -93,7 +97,7 @@ class ReplyWorker:
             mine = await claim_unhandled(session, BATCH)
             answering = [m for m in mine if self._answers(m.broker_id)]
             if not answering:
-                return len(mine), False
+                return mine, False
             lead_ids = {m.lead_id for m in answering}
             names = await lead_names(session, lead_ids)
             firsts = await first_inbound_ids(session, lead_ids)
@@ -107,7 +111,7 @@ class ReplyWorker:
                 for reply in decide(self._brokers[message.broker_id], facts):
                     await enqueue(session, _reply_row(message, reply))
                     queued = True
-        return len(mine), queued
+        return mine, queued
 
     def _answers(self, broker_id: str) -> bool:
         # A broker no longer in brokers.toml: its messages are stored, never answered.

@@ -19,6 +19,7 @@ from leadline.adapters.base import (
     InboundEvent,
     InboundMessage,
     MessageStatus,
+    ProviderNotice,
     StatusUpdate,
 )
 
@@ -74,6 +75,15 @@ def clean_event(event: InboundEvent) -> InboundEvent:
             event,
             channel_message_id=clean_id(event.channel_message_id, "status message id"),
             error=clean_text(event.error, "status error"),
+        )
+    if isinstance(event, ProviderNotice):
+        code = clean_text(event.code, "notice code")
+        return dataclasses.replace(
+            event,
+            key=clean_id(event.key, "notice key"),
+            code=code[:64] if code else None,
+            title=clean_text(event.title, "notice title"),
+            detail=clean_json(dict(event.detail), "notice detail"),
         )
     raise EventRejected(f"unknown event type {type(event).__name__}")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import Attachment
+from leadline.adapters.base import Attachment, TemplateRef
 from leadline.config.brokers import BrokerConfig
 from leadline.storage.leads import LeadChannelRef, lead_channels
 from leadline.storage.outbox import QueuedMessage, enqueue
@@ -33,6 +33,9 @@ class Outgoing:
     reply_to: str | None = None
     ai_response_used: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # An approved template instead of free-form text (WhatsApp); `text` may then say
+    # what it reads like, for the history.
+    template: TemplateRef | None = None
 
 
 class CannotQueue(ValueError):
@@ -46,12 +49,15 @@ async def queue_message(
     broker = brokers.get(message.broker_id)
     if broker is None:
         raise CannotQueue(f"unknown broker {message.broker_id!r}")
-    if not (message.text and message.text.strip()) and not message.attachments:
-        raise CannotQueue("a message needs a text or an attachment")
+    has_text = bool(message.text and message.text.strip())
+    if not has_text and not message.attachments and message.template is None:
+        raise CannotQueue("a message needs a text, an attachment or a template")
     channel = _choose(broker, message, await lead_channels(session, broker.id, message.lead_id))
     metadata = dict(message.metadata)
     if message.reply_to:
         metadata["reply_to"] = message.reply_to
+    if message.template is not None:
+        metadata["template"] = message.template.to_json()
     return await enqueue(
         session,
         QueuedMessage(

@@ -20,6 +20,7 @@ from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import InboundPipeline
+from leadline.runtime.receipts import ReadReceipts
 from leadline.runtime.replies import ReplyWorker
 from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.sending import Outgoing, queue_message
@@ -143,7 +144,10 @@ async def open_service(
     public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
     channels = Channels.build(brokers, registry, public_url)
     dispatcher = Dispatcher(sessions, channels, options=delivery_options(settings))
-    replies = ReplyWorker(sessions, brokers.brokers, on_queued=dispatcher.wake)
+    receipts = ReadReceipts(channels)
+    replies = ReplyWorker(
+        sessions, brokers.brokers, on_queued=dispatcher.wake, on_handled=receipts.handled
+    )
     pipeline = InboundPipeline(sessions, on_stored=replies.wake)
     service = Service(
         settings,
@@ -162,6 +166,7 @@ async def open_service(
     service._tasks = [
         asyncio.create_task(replies.run(), name="reply-worker"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(receipts.run(), name="read-receipts"),
     ]
     service._tasks.extend(
         asyncio.create_task(supervise(c, service.inbox(*c.key)), name=f"channel {c.key}")

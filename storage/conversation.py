@@ -49,6 +49,7 @@ class Unhandled:
     provider: str
     channel_user_id: str
     channel_username: str | None
+    channel_message_id: str | None = None
 
 
 def _claim_statement(limit: int) -> sa.Update:
@@ -80,6 +81,7 @@ def _claim_statement(limit: int) -> sa.Update:
             table.c.provider,
             table.c.channel_user_id,
             table.c.channel_username,
+            table.c.channel_message_id,
         )
     )
 

@@ -180,3 +180,26 @@ class DeliveryPause(SQLModel, table=True):
     until: datetime = Field(sa_type=UTCDateTime)
     reason: str | None = None
     updated_at: datetime = _created()
+
+
+class ProviderNoticeRow(SQLModel, table=True):
+    """What a provider reported about a channel rather than a message (WhatsApp's
+    top-level `errors[]`): kept for `leadline status` and the broker's eyes."""
+
+    __tablename__ = "provider_notices"
+    __table_args__ = (
+        sa.UniqueConstraint("broker_id", "provider", "notice_key", name="uq_provider_notices_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    broker_id: str = Field(max_length=64)
+    provider: str = Field(max_length=32)
+    notice_key: str = Field(max_length=255)
+    code: str | None = Field(default=None, max_length=64)
+    title: str | None = None
+    detail: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "{}"},
+    )
+    created_at: datetime = _created()

@@ -56,6 +56,7 @@ class OutboxRow:
     attempts: int
     created_at: datetime
     last_inbound_at: datetime | None = None  # when the chat user last wrote on this channel
+    last_inbound_id: str | None = None  # the provider's id of that latest message
 
     @property
     def recipient(self) -> tuple[str, str, str]:
@@ -70,6 +71,7 @@ class Sent:
     id: int
     channel_message_id: str
     status: MessageStatus = MessageStatus.SENT
+    metadata: Mapping[str, Any] | None = None  # the row's provider_metadata, when it changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +191,33 @@ def _paused(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+def _recipients_inbound() -> tuple[Any, sa.ColumnElement[bool]]:
+    """The recipient's inbound rows on the outbox row's channel."""
+    inbound = aliased(ChatMessage)
+    return inbound, sa.and_(
+        col(inbound.provider) == col(ChatMessage.provider),
+        col(inbound.channel_user_id) == col(ChatMessage.channel_user_id),
+        col(inbound.broker_id) == col(ChatMessage.broker_id),
+        col(inbound.direction) == Direction.IN,
+    )
+
+
 def _last_inbound() -> sa.ScalarSelect[Any]:
     """When the recipient last wrote on this channel: providers' messaging windows
     (WhatsApp's 24 hours, Messenger's) count from it."""
-    inbound = aliased(ChatMessage)
+    inbound, theirs = _recipients_inbound()
+    return sa.select(sa.func.max(inbound.created_at)).where(theirs).scalar_subquery()
+
+
+def _last_inbound_id() -> sa.ScalarSelect[Any]:
+    """The provider's id of the recipient's latest message: where a typing indicator
+    or a read receipt points (WhatsApp)."""
+    inbound, theirs = _recipients_inbound()
     return (
-        sa.select(sa.func.max(inbound.created_at))
-        .where(
-            col(inbound.provider) == col(ChatMessage.provider),
-            col(inbound.channel_user_id) == col(ChatMessage.channel_user_id),
-            col(inbound.broker_id) == col(ChatMessage.broker_id),
-            col(inbound.direction) == Direction.IN,
-        )
+        sa.select(inbound.channel_message_id)
+        .where(theirs)
+        .order_by(col(inbound.created_at).desc(), col(inbound.id).desc())
+        .limit(1)
         .scalar_subquery()
     )
 
@@ -228,7 +245,11 @@ async def due_heads(
         if budget <= 0:
             continue
         part = (
-            sa.select(*OUTBOX_COLUMNS, _last_inbound().label("last_inbound_at"))
+            sa.select(
+                *OUTBOX_COLUMNS,
+                _last_inbound().label("last_inbound_at"),
+                _last_inbound_id().label("last_inbound_id"),
+            )
             .where(
                 col(ChatMessage.broker_id) == broker_id,
                 col(ChatMessage.provider) == provider,
@@ -324,15 +345,33 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
         col(ChatMessage.id) == sa.bindparam("row_id"), _pending_out(ChatMessage)
     )
     sent = [o for o in outcomes if isinstance(o, Sent)]
+    sent_values = {
+        "channel_message_id": sa.bindparam("cmid"),
+        "status": sa.bindparam("new_status"),
+        "error": None,
+        "sent_at": now,
+    }
     updates: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
         (
-            {
-                "channel_message_id": sa.bindparam("cmid"),
-                "status": sa.bindparam("new_status"),
-                "error": None,
-                "sent_at": now,
-            },
-            [{"row_id": o.id, "cmid": o.channel_message_id, "new_status": o.status} for o in sent],
+            sent_values,
+            [
+                {"row_id": o.id, "cmid": o.channel_message_id, "new_status": o.status}
+                for o in sent
+                if o.metadata is None
+            ],
+        ),
+        (
+            {**sent_values, "provider_metadata": sa.bindparam("meta")},
+            [
+                {
+                    "row_id": o.id,
+                    "cmid": o.channel_message_id,
+                    "new_status": o.status,
+                    "meta": dict(o.metadata),
+                }
+                for o in sent
+                if o.metadata is not None
+            ],
         ),
         (
             {"status": MessageStatus.FAILED, "error": sa.bindparam("why")},

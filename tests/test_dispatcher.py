@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,13 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from leadline.adapters.base import AdapterContext, Capabilities, OutboundMessage, SendResult
+from leadline.adapters.base import (
+    AdapterContext,
+    Capabilities,
+    OutboundMessage,
+    SendResult,
+    TemplateRef,
+)
 from leadline.config.brokers import BrokerConfig, Features
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.dispatcher import Dispatcher
@@ -213,8 +220,8 @@ async def test_a_failing_typing_indicator_never_holds_up_the_message(world: Worl
     world.adapter.capabilities = Capabilities(webhooks=True, typing_indicator=True)
     calls: list[str] = []
 
-    async def broken_typing(channel_user_id: str) -> None:
-        calls.append(channel_user_id)
+    async def broken_typing(message: OutboundMessage) -> None:
+        calls.append(message.channel_user_id)
         raise ConnectionError("typing endpoint down")
 
     world.adapter.send_typing = broken_typing
@@ -268,3 +275,34 @@ async def test_scheduled_message_waits_for_its_send_after(world: World):
     world.clock.advance(9 * 3600)
     await world.run_cycles()
     assert (await world.row(message_id))["status"] == "sent"
+
+
+async def test_a_template_for_a_provider_without_templates_fails_saying_so(world: World):
+    async with world.sessions() as session, session.begin():
+        lead_id = await ensure_lead(session, ChannelIdentity("demo", "signed", "u1"))
+        template = TemplateRef("follow_up", "es").to_json()
+        queued = QueuedMessage(
+            lead_id, "demo", "signed", "u1", None, provider_metadata={"template": template}
+        )
+        message_id = await enqueue(session, queued)
+    await world.run_cycles()
+    row = await world.row(message_id)
+    assert (row["status"], row["error"]) == ("failed", "signed cannot send message templates")
+    assert world.adapter.sent == []
+
+
+async def test_what_the_adapter_reports_of_a_send_is_kept_in_the_rows_metadata(world: World):
+    original = world.adapter.send
+
+    async def send_in_parts(message: OutboundMessage) -> SendResult:
+        await original(message)
+        return SendResult("part-2", metadata={"parts": ["part-1", "part-2"]})
+
+    world.adapter.send = send_in_parts
+    message_id = await world.queue("u1", "a long text")
+    await world.run_cycles()
+    row = await world.row(message_id)
+    assert row["channel_message_id"] == "part-2"
+    metadata = row["provider_metadata"]
+    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    assert metadata["parts"] == ["part-1", "part-2"]

@@ -9,6 +9,7 @@ from leadline.adapters.base import (
     EventRejected,
     InboundMessage,
     MessageStatus,
+    ProviderNotice,
     StatusUpdate,
 )
 from leadline.runtime.sanitize import clean_event
@@ -69,3 +70,13 @@ def test_clean_values_pass_unchanged():
     assert clean_event(event) == event
     status = StatusUpdate("p1", MessageStatus.READ)
     assert clean_event(status) == status
+
+
+def test_a_provider_notice_is_repaired_and_an_unfit_key_refused():
+    notice = ProviderNotice("d1:0", code="1" * 80, title="t\x00", detail={"k": "v\ud800"})
+    cleaned = clean_event(notice)
+    assert isinstance(cleaned, ProviderNotice)
+    assert (cleaned.code, cleaned.title) == ("1" * 64, "t\ufffd")
+    assert cleaned.detail == {"k": "v\ufffd"}
+    with pytest.raises(EventRejected, match="notice key"):
+        clean_event(ProviderNotice("k" * 300))

@@ -84,7 +84,7 @@ async def test_unfit_messages_are_refused_with_a_reason_and_nothing_is_queued(ap
     lead_id = await lead_of(app, "u5")
     acme_lead = await lead_of(app, "u6", broker="acme")
     refused = {
-        "needs a text or an attachment": Outgoing("demo", lead_id, text="   "),
+        "needs a text, an attachment or a template": Outgoing("demo", lead_id, text="   "),
         "unknown broker": Outgoing("nobody", lead_id, text="hi"),
         "no lead": Outgoing("demo", 999_999, text="hi"),
         # Another broker's lead is not this broker's: same answer as an unknown lead.

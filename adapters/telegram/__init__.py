@@ -349,9 +349,9 @@ class TelegramAdapter(Adapter):
             return (*limits, group)
         return limits
 
-    async def send_typing(self, channel_user_id: str) -> None:
+    async def send_typing(self, message: OutboundMessage) -> None:
         await self.bot.send_chat_action(
-            _chat_id(channel_user_id), "typing", request_timeout=SEND_TIMEOUT
+            _chat_id(message.channel_user_id), "typing", request_timeout=SEND_TIMEOUT
         )
 
     # --- webhook management and media -------------------------------------------------
