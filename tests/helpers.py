@@ -144,3 +144,17 @@ def provider_fixture(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"provider fixture {path} not found")
     return path
+
+
+def fixture_json(name: str) -> Any:
+    """One provider fixture, decoded (a fresh copy each call: tests may change it)."""
+    return json.loads(provider_fixture(name).read_text())
+
+
+def shape(value: Any) -> Any:
+    """The structure of a JSON value: keys and value types, not the values."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value]
+    return type(value).__name__

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +17,8 @@ import pytest
 
 from tests.fakes.graph_api import FakeGraph, FakeNumber
 from tests.fakes.serving import running_fake
-from tests.helpers import provider_fixture
+from tests.helpers import fixture_json as fixture
+from tests.helpers import shape
 
 NUMBER_ID = "106540352242922"
 TOKEN = "EAAGexampleTokenNOTREAL123"
@@ -28,19 +28,6 @@ TO = "+16505551234"
 MESSAGES = f"/v23.0/{NUMBER_ID}/messages"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENVELOPE_KEYS = {"message", "type", "code", "error_data", "fbtrace_id"}
-
-
-def fixture(name: str) -> Any:
-    return json.loads(provider_fixture(name).read_text())
-
-
-def shape(value: Any) -> Any:
-    """The structure of a JSON value: keys and types, not values."""
-    if isinstance(value, dict):
-        return {key: shape(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [shape(item) for item in value]
-    return type(value).__name__
 
 
 @pytest.fixture

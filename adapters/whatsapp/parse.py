@@ -18,7 +18,11 @@ itself and never lets a gap in one item lose the others.
   one number's events. One Meta app has one callback URL for all its numbers,
   so the adapter must route by this id.
 - The lead is the sender's phone number (`wa_id`, `messages[].from`); the
-  business-scoped `contacts[].user_id`, when Meta sends it, goes to metadata.
+  business-scoped user id (BSUID: `contacts[].user_id`, `messages[].from_user_id`),
+  when Meta sends it, goes to metadata. A user who hides their number behind a
+  username has no `from`: their BSUID is then the lead's id.
+- Top-level `errors[]` of a change become `ProviderNotice`s in `Delivery.notices`,
+  keyed by the body's digest and their place in it: a redelivery repeats the keys.
 - Ids are kept only when storage can hold them (non-empty printable strings of
   at most 255 characters): one bad id must not make the runtime refuse, and
   Meta retry for 7 days, a whole batch.
@@ -26,6 +30,7 @@ itself and never lets a gap in one item lose the others.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from leadline.adapters.base import (
     InboundMessage,
     MalformedPayload,
     MessageStatus,
+    ProviderNotice,
     StatusUpdate,
 )
 from leadline.adapters.payload import decode_json, utc_from_unix
@@ -85,6 +91,7 @@ class Delivery:
     errors: list[dict[str, Any]]
     skipped: int
     routed: list[Routed] = field(default_factory=list)
+    notices: list[Routed] = field(default_factory=list)  # ProviderNotice events
 
     def events_for(self, phone_number_id: str) -> list[InboundEvent]:
         """The events addressed to one business number."""
@@ -102,7 +109,7 @@ def parse_body(body: bytes) -> Delivery:
     batch = _Batch()
     for entry in entries:
         _entry(entry, batch)
-    return batch.delivery()
+    return batch.delivery(body)
 
 
 # --- walking the envelope ------------------------------------------------------
@@ -115,6 +122,7 @@ class _Batch:
     routed: list[Routed] = field(default_factory=list)
     phone_number_ids: set[str] = field(default_factory=set)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    error_numbers: list[str | None] = field(default_factory=list)
     skipped: int = 0
 
     def add(self, phone_number_id: str | None, event: InboundEvent | None) -> None:
@@ -123,14 +131,26 @@ class _Batch:
         else:
             self.routed.append(Routed(phone_number_id, event))
 
-    def delivery(self) -> Delivery:
+    def delivery(self, body: bytes) -> Delivery:
         return Delivery(
             phone_number_ids=frozenset(self.phone_number_ids),
             events=[item.event for item in self.routed],
             errors=self.errors,
             skipped=self.skipped,
             routed=self.routed,
+            notices=self._notices(body),
         )
+
+    def _notices(self, body: bytes) -> list[Routed]:
+        if not self.errors:
+            return []
+        digest = hashlib.sha256(bytes(body)).hexdigest()[:32]
+        return [
+            Routed(number, _notice(f"{digest}:{index}", error))
+            for index, (number, error) in enumerate(
+                zip(self.error_numbers, self.errors, strict=True)
+            )
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +193,7 @@ def _change(raw: Any, waba_id: str | None, batch: _Batch) -> None:
     found = False
     if "errors" in value:
         found = True
-        _errors(value["errors"], batch)
+        _errors(value["errors"], source.phone_number_id, batch)
     if "messages" in value:
         found = True
         contacts = _contacts(value.get("contacts"))
@@ -204,22 +224,32 @@ def _items(value: Any, batch: _Batch) -> list[Any]:
     return []
 
 
-def _errors(value: Any, batch: _Batch) -> None:
+def _errors(value: Any, phone_number_id: str | None, batch: _Batch) -> None:
     for item in _items(value, batch):
         if isinstance(item, dict):
             batch.errors.append(item)
+            batch.error_numbers.append(phone_number_id)
         else:
             batch.skipped += 1
 
 
+def _notice(key: str, error: Mapping[str, Any]) -> ProviderNotice:
+    code = error.get("code")
+    code_text = str(code) if type(code) is int or _str(code) else None
+    title = _str(error.get("title")) or _str(error.get("message"))
+    return ProviderNotice(key=key, code=code_text, title=title, detail=error)
+
+
 def _contacts(value: Any) -> dict[str, Mapping[str, Any]]:
-    """Contacts by wa_id; the first one wins should Meta repeat a wa_id."""
+    """Contacts by wa_id and by BSUID; the first one wins should Meta repeat an id."""
     found: dict[str, Mapping[str, Any]] = {}
     for item in value if isinstance(value, list) else ():
         contact = _obj(item)
-        wa_id = _id(contact.get("wa_id")) if contact else None
-        if contact is not None and wa_id is not None:
-            found.setdefault(wa_id, contact)
+        if contact is None:
+            continue
+        for key in ("wa_id", "user_id"):
+            if (user := _id(contact.get(key))) is not None:
+                found.setdefault(user, contact)
     return found
 
 
@@ -239,7 +269,7 @@ def _guarded_message(
     """A message, or None when it has no usable id or sender."""
     msg = _obj(raw)
     message_id = _id(msg.get("id")) if msg else None
-    sender = _id(msg.get("from")) if msg else None
+    sender = (_id(msg.get("from")) or _id(msg.get("from_user_id"))) if msg else None
     if msg is None or message_id is None or sender is None:
         return None
     try:
@@ -261,7 +291,9 @@ def _message(
     contact = contacts.get(sender)
     profile = _obj(contact.get("profile")) if contact else None
     metadata = {**_source_metadata(source), "type": msg_type}
-    _put(metadata, "user_id", _str(contact.get("user_id")) if contact else None)
+    user_id = _str(contact.get("user_id")) if contact else None
+    _put(metadata, "user_id", user_id or _str(msg.get("from_user_id")))
+    _put(metadata, "parent_user_id", _str(contact.get("parent_user_id")) if contact else None)
     metadata.update(_context_metadata(msg))
     metadata.update(content.metadata)
     return InboundMessage(
@@ -429,7 +461,7 @@ def _status(raw: Any) -> StatusUpdate | None:
     return StatusUpdate(
         channel_message_id=message_id,
         status=status,
-        channel_user_id=_id(item.get("recipient_id")),
+        channel_user_id=_id(item.get("recipient_id")) or _id(item.get("recipient_user_id")),
         at=_utc(item.get("timestamp")),
         error=_failure(item.get("errors")) if status is MessageStatus.FAILED else None,
     )

@@ -8,6 +8,11 @@ It speaks the wire format of PROVIDERS.md §2-§3 and the `whatsapp_*` fixtures:
   `{"success": true}`;
 - `GET /<version>/<MEDIA_ID>` answers `{messaging_product, url, mime_type, sha256,
   file_size, id}` with a `url` on the fake itself that expires (5 minutes by default);
+- `GET /<version>/<PHONE_NUMBER_ID>` answers the number's details (`id`,
+  `display_phone_number`, `verified_name`, `quality_rating`, …), as pywa's
+  `get_business_phone_number` asks at start;
+- a send may name its recipient by `to` (a phone number or wa_id) or, for a user who
+  hides their number behind a username, by `recipient` (the business-scoped user id);
 - `GET <url>` with the Bearer token answers the bytes, or 404 once the url expired.
 
 Every call needs `Authorization: Bearer <the number's token>`; errors use the Graph
@@ -38,6 +43,7 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +56,9 @@ CAPTION_LIMIT = 1024
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 MESSAGE_TYPES = MEDIA_TYPES | {"text", "template"}
 VERSION_PATTERN = re.compile(r"v(\d+)\.\d+")
+# A business-scoped user id: a country code, a dot, up to 128 letters and digits
+# ("US.13491208655302741918"; a parent BSUID has ".ENT." in the middle).
+BSUID_PATTERN = re.compile(r"[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}")
 DOWNLOAD_PATH = "/whatsapp_business/attachments/"  # as on lookaside.fbsbx.com
 # error_subcode is "Deprecated. Not included in v16.0+ responses" (Meta's error-code page).
 SUBCODE_LAST_VERSION = 15
@@ -186,6 +195,11 @@ class SentMessage:
     wamid: str
     at: float = field(default_factory=time.monotonic)  # when the fake accepted it
 
+    @property
+    def text(self) -> str | None:
+        text = self.body.get("text")
+        return text.get("body") if isinstance(text, dict) else None
+
 
 @dataclass(frozen=True)
 class MarkRead:
@@ -230,6 +244,11 @@ def wa_id_of(to: str) -> str:
     return re.sub(r"\D", "", to)
 
 
+def recipient_key(to: str) -> str:
+    """How the fake tells recipients apart: a BSUID as is, a phone number by its digits."""
+    return to if BSUID_PATTERN.fullmatch(to) else wa_id_of(to)
+
+
 def _take(faults: list[Fault], wa_id: str | None) -> Fault | None:
     for fault in faults:
         if fault.to is not None and fault.to != wa_id:
@@ -254,6 +273,11 @@ class FakeNumber:
         self.closed_windows: set[str] = set()  # wa_ids: free-form sends fail with 131047
         self.undeliverable: set[str] = set()  # wa_ids: every send fails with 131026
         self.latency = 0.0  # seconds every answer takes
+        self.display_phone_number = "+1 555-010-0000"
+        self.verified_name = "Example Realty"
+        # Runs after a send is accepted and before its answer goes back: a test may
+        # deliver the message's status webhook from here, as Meta sometimes does.
+        self.before_answer: Callable[[SentMessage], Awaitable[None]] | None = None
         self._serials = itertools.count(1)
 
     def fail_next(
@@ -277,7 +301,7 @@ class FakeNumber:
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        wa_id = wa_id_of(to) if to is not None else None
+        wa_id = recipient_key(to) if to is not None else None
         self.faults.append(Fault(kind, count, wa_id, delay, status, details))
 
     def expire_token(self) -> None:
@@ -302,6 +326,7 @@ class FakeGraph:
         self.media_faults: list[Fault] = []
         self._download_faults: list[Fault] = []
         self._urls: dict[str, IssuedUrl] = {}  # by the url's `hash`
+        self.born_expired = 0  # the next this many media urls expire at once
 
     # --- test API ----------------------------------------------------------------
 
@@ -365,12 +390,15 @@ class FakeGraph:
                 raise bad_body
             if number.latency:
                 await asyncio.sleep(number.latency)
-            to = body.get("to") if isinstance(body, dict) else None
-            wa_id = wa_id_of(to) if isinstance(to, str) and "status" not in body else None
+            to = (body.get("to") or body.get("recipient")) if isinstance(body, dict) else None
+            wa_id = recipient_key(to) if isinstance(to, str) and "status" not in body else None
             fault = _take(number.faults, wa_id)
             if fault is not None:
                 await _apply_fault(request, fault)
-            return web.json_response(_messages(number, body))
+            answer = _messages(number, body)
+            if number.before_answer is not None and "status" not in body:
+                await number.before_answer(number.sent[-1])
+            return web.json_response(answer)
         except GraphError as exc:
             return _error(exc, version)
 
@@ -382,6 +410,8 @@ class FakeGraph:
         )
         version = _version(request)
         try:
+            if media_id in self.numbers:
+                return web.json_response(_number_details(self._authorize_number(media_id, token)))
             self._authorize_any(token)
             fault = _take(self.media_faults, None)
             if fault is not None:
@@ -392,7 +422,10 @@ class FakeGraph:
         except GraphError as exc:
             return _error(exc, version)
         url_hash = secrets.token_urlsafe(16)
-        self._urls[url_hash] = IssuedUrl(media_id, time.monotonic() + self.media_url_ttl)
+        ttl = self.media_url_ttl
+        if self.born_expired > 0:  # as if the download came more than 5 minutes later
+            self.born_expired, ttl = self.born_expired - 1, 0.0
+        self._urls[url_hash] = IssuedUrl(media_id, time.monotonic() + ttl)
         expiry = int(time.time() + self.media_url_ttl)
         query = f"?mid={media_id}&ext={expiry}&hash={url_hash}"
         return web.json_response(
@@ -482,12 +515,36 @@ def _mark_read(number: FakeNumber, body: dict[str, Any]) -> dict[str, Any]:
     return {"success": True}
 
 
-def _send(number: FakeNumber, body: dict[str, Any]) -> dict[str, Any]:
-    to = body.get("to")
+def _number_details(number: FakeNumber) -> dict[str, Any]:
+    return {
+        "id": number.phone_number_id,
+        "display_phone_number": number.display_phone_number,
+        "verified_name": number.verified_name,
+        "quality_rating": "GREEN",
+        "code_verification_status": "VERIFIED",
+        "platform_type": "CLOUD_API",
+        "throughput": {"level": "STANDARD"},
+    }
+
+
+def _recipient(body: dict[str, Any]) -> str:
+    """Who a send is for: `to` (a phone number), or `recipient` (a BSUID), never both."""
+    to, bsuid = body.get("to"), body.get("recipient")
+    if to not in (None, "") and bsuid not in (None, ""):
+        raise _invalid("Provide either 'to' or 'recipient', not both.")
+    if bsuid not in (None, ""):
+        if not isinstance(bsuid, str) or not BSUID_PATTERN.fullmatch(bsuid):
+            raise _invalid("Param recipient must be a business-scoped user ID.")
+        return bsuid
     if to is None or to == "":
         raise _missing("to")
     if not isinstance(to, str) or not wa_id_of(to):
         raise _invalid("Param to must be a phone number.")
+    return to
+
+
+def _send(number: FakeNumber, body: dict[str, Any]) -> dict[str, Any]:
+    to = _recipient(body)
     if body.get("recipient_type", "individual") not in ("individual", "group"):
         raise _invalid("Param recipient_type must be one of {individual, group}.")
     kind = body.get("type", "text")  # documented default
@@ -509,16 +566,17 @@ def _send(number: FakeNumber, body: dict[str, Any]) -> dict[str, Any]:
         message_id = context.get("message_id") if isinstance(context, dict) else None
         if not isinstance(message_id, str) or not message_id:
             raise _invalid("Param context['message_id'] must be a message id.")
-    wa_id = wa_id_of(to)
+    wa_id = recipient_key(to)
     if wa_id in number.undeliverable:
         raise GraphError(ERRORS["131026"])
     if wa_id in number.closed_windows and kind != "template":
         raise GraphError(ERRORS["131047"])
     wamid = number._wamid(wa_id)
     number.sent.append(SentMessage(number.phone_number_id, to, wa_id, kind, body, wamid))
+    contact = {"input": to, "user_id": to} if to == wa_id and "recipient" in body else None
     return {
         "messaging_product": "whatsapp",
-        "contacts": [{"input": to, "wa_id": wa_id}],
+        "contacts": [contact or {"input": to, "wa_id": wa_id}],
         "messages": [{"id": wamid}],
     }
 
