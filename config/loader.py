@@ -59,7 +59,9 @@ def _issues_from(error: ValidationError, broker: str, provider: str | None) -> l
     issues = []
     for item in error.errors(include_input=False, include_url=False):
         key = ".".join(str(part) for part in item["loc"]) or None
-        issues.append(ConfigIssue(item["msg"], broker=broker, provider=provider, key=key))
+        # pydantic prefixes our validators' own words with "Value error, ".
+        message = item["msg"].removeprefix("Value error, ")
+        issues.append(ConfigIssue(message, broker=broker, provider=provider, key=key))
     return issues
 
 

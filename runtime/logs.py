@@ -64,5 +64,7 @@ def configure_logging(level: str, fmt: str, redactor: Redactor) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's access log would print full URLs; keep it to warnings.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log and httpx (pywa's client) print every request's full URL; a
+    # media URL holds a signed hash. Keep them to warnings.
+    for name in ("aiohttp.access", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -105,3 +105,8 @@ def test_a_token_that_is_not_one_is_refused_without_quoting_it() -> None:
     )
     issue = assert_whatsapp_issue(loaded, "access_token")
     assert "has spaces" not in str(issue)
+
+
+def test_the_issue_reads_as_our_words_not_pydantics() -> None:
+    issue = assert_whatsapp_issue(load(BASE), "app_secret")
+    assert issue.message.startswith("required: webhooks are checked with the app secret")

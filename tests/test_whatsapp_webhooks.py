@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from aiohttp import ClientResponse
 
 from leadline.adapters import meta
+from leadline.adapters.base import Attachment, OutboundMessage
 from leadline.storage.models import ChatMessage
 from tests.conftest import AppFactory, AppHarness, wait_for
 from tests.fakes.graph_api import FakeGraph, FakeNumber, SentMessage
@@ -567,3 +568,27 @@ async def test_an_unsigned_number_is_allowed_only_when_configured_and_warns(
     response = await post_body(app, json.dumps(fixture("whatsapp_text.json")).encode(), secret=None)
     assert response.status == 200
     assert len(await inbound(app)) == 1
+
+
+async def test_no_token_or_secret_reaches_a_log_line_even_at_debug(
+    make_app: AppFactory, graph: Meta, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = await start(make_app, graph, demo_features="read_receipts = true")
+    graph.fake.add_media("2754859441498128", b"jpeg bytes", "image/jpeg")
+    assert (await post(app, fresh("whatsapp_text.json"))).status == 200
+    await post_body(app, b'{"object": "whatsapp_business_account"}', secret="wrong")
+
+    async def sent() -> bool:
+        return len(graph.demo.sent) == 1
+
+    await wait_for(sent)
+    adapter = app.adapter("demo", "whatsapp")
+    await adapter.download_media(Attachment(kind="image", ref="2754859441498128"))
+    graph.demo.expire_token()
+    with pytest.raises(Exception, match="Session has expired"):
+        await adapter.send(OutboundMessage("9", LEAD, "hi", last_inbound_at=datetime.now(UTC)))
+    logged = caplog.text
+    assert "Making POST request" in logged  # pywa's own debug lines were captured
+    for secret in ENV.values():
+        assert secret not in logged
