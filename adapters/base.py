@@ -76,6 +76,9 @@ class InboundMessage:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # The provider-side account it arrived on (see `Adapter.account_id`); None: the URL's.
     account: str | None = None
+    # False: stored, never answered by the rules (a reaction; an event while another
+    # app owns the conversation, Meta's `standby`).
+    answer: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,35 @@ class InboundEdit:
     channel_username: str | None = None
     user_display_name: str | None = None
     account: str | None = None
+    deleted: bool = False  # the user unsent it: the stored text goes to its edit history
+
+
+@dataclass(frozen=True, slots=True)
+class StatusWatermark:
+    """Every message sent to `channel_user_id` up to `up_to` has reached `status`
+    (Messenger's delivery and read watermarks)."""
+
+    channel_user_id: str
+    status: MessageStatus
+    up_to: datetime
+    account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEcho:
+    """A message the broker's own account sent, reported back by the provider (Meta's
+    echoes). One sent from elsewhere (a human in the provider's inbox) is stored as an
+    outbound message; one of Leadline's own sends (`ours`) is not stored again. An
+    echo is never answered."""
+
+    channel_message_id: str
+    channel_user_id: str  # whom it was sent to
+    text: str | None = None
+    attachments: Sequence[Attachment] = ()
+    sent_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    ours: bool = False
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +150,9 @@ class ProviderNotice:
     account: str | None = None
 
 
-InboundEvent = InboundMessage | InboundEdit | StatusUpdate | ProviderNotice
+InboundEvent = (
+    InboundMessage | InboundEdit | StatusUpdate | StatusWatermark | OutboundEcho | ProviderNotice
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +193,8 @@ class OutboundMessage:
     last_inbound_id: str | None = None
     # An approved template instead of free-form text (providers with `templates`).
     template: TemplateRef | None = None
+    # Written by a human agent: Meta lets it go for 7 days with the HUMAN_AGENT tag.
+    human_agent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +227,9 @@ class Capabilities:
     per_group_rate_limit: RateLimit | None = None
     messaging_window_seconds: int | None = None
     templates: bool = False  # sends approved templates (OutboundMessage.template)
+    # The provider reports the account's sends back (OutboundEcho): a send's own id
+    # replaces an echo of it that was stored first.
+    echoes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +462,16 @@ class Adapter:
 
     async def webhook_info(self) -> Mapping[str, Any]:
         raise NotImplementedError(f"{self.name} has no webhook management")
+
+    async def subscription_problem(self) -> str | None:
+        """Why the provider would not deliver this channel's webhooks here (Meta
+        unsubscribes a Page after an hour of failed deliveries; a Telegram webhook set
+        elsewhere); None when all is well or the provider cannot tell."""
+        return None
+
+    async def subscribe(self) -> None:
+        """Have the provider deliver this channel's webhooks here again."""
+        raise NotImplementedError(f"{self.name} has no webhook subscription")
 
     # media
     async def download_media(self, attachment: Attachment) -> bytes:

@@ -31,6 +31,23 @@ def obj(value: Any) -> Mapping[str, Any] | None:
     return value if type(value) is dict or isinstance(value, Mapping) else None
 
 
+MAX_ID = 255  # the longest id storage accepts (runtime/sanitize.py)
+
+
+def ident(value: Any) -> str | None:
+    """An id storage can hold: a non-empty printable string (or an int) of ≤255 chars.
+
+    One bad id must not make the runtime refuse a whole batch that a provider then
+    retries for days: an unfit id is None, and the parser skips or keeps the item raw.
+    """
+    if type(value) is int:  # never a bool; providers send strings, but a number is plain
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID:
+        return None
+    # isprintable() also refuses NUL and lone surrogates, which storage cannot hold.
+    return value if value.isprintable() else None
+
+
 def text(value: Any) -> str | None:
     """A non-empty string."""
     return value if isinstance(value, str) and value else None

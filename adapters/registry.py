@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "leadline.adapters"
 # Modules of this package that are infrastructure, not providers.
-_NOT_PROVIDERS = frozenset({"base", "registry", "conformance", "meta", "payload"})
+_NOT_PROVIDERS = frozenset(
+    {"base", "registry", "conformance", "meta", "payload", "text", "parts", "pacing"}
+    | {"graph_messaging"}
+)
 
 
 @dataclass(frozen=True, slots=True)

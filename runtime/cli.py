@@ -23,6 +23,7 @@ from leadline.config.settings import Settings
 from leadline.runtime.gc_tuning import tune_gc
 from leadline.runtime.http import build_app
 from leadline.runtime.logs import Redactor, configure_logging
+from leadline.runtime.online import Finding, check_online, subscribe
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.engine import DatabaseUrlError, make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import current_revision, upgrade
@@ -69,7 +70,7 @@ async def _tune_gc(_app: web.Application) -> None:
     tune_gc()
 
 
-def cmd_check(settings: Settings) -> int:
+def cmd_check(settings: Settings, online: bool = False) -> int:
     registry, brokers = load(settings)
     for problem in registry.problems:
         print(f"warning: {problem}")
@@ -80,11 +81,43 @@ def cmd_check(settings: Settings) -> int:
         print(f"broker {broker.id} ({broker.name}): providers {running}")
         for provider, reason in sorted(broker.disabled.items()):
             print(f"  {provider} disabled: {reason}")
+    failed = bool(brokers.issues)
+    if online:
+        redactor = _quiet_logging(settings, brokers)
+        findings = asyncio.run(check_online(brokers, registry, _public_url(settings)))
+        failed |= _report(findings, redactor)
     if brokers.issues:
         print(f"{settings.brokers_file}: {len(brokers.issues)} error(s)")
-        return 1
-    print(f"{settings.brokers_file}: OK")
-    return 0
+    elif not failed:
+        print(f"{settings.brokers_file}: OK")
+    return 1 if failed else 0
+
+
+def cmd_webhooks_subscribe(settings: Settings, broker_id: str, provider: str) -> int:
+    registry, brokers = load(settings)
+    redactor = _quiet_logging(settings, brokers)
+    finding = asyncio.run(subscribe(brokers, registry, _public_url(settings), broker_id, provider))
+    return 1 if _report([finding], redactor) else 0
+
+
+def _quiet_logging(settings: Settings, brokers: BrokersFile) -> Redactor:
+    """The channels' own log lines (on stderr) during an online command: warnings and
+    worse, secrets masked as in `run`."""
+    redactor = Redactor(brokers.secrets)
+    configure_logging("WARNING", settings.log_format, redactor)
+    return redactor
+
+
+def _report(findings: list[Finding], redactor: Redactor) -> bool:
+    """Print what the providers said (secrets masked); True if any channel has a problem."""
+    for finding in findings:
+        verdict = redactor.redact(finding.problem or "webhooks delivered here")
+        print(f"online: broker {finding.broker_id}, {finding.provider}: {verdict}")
+    return any(f.problem for f in findings)
+
+
+def _public_url(settings: Settings) -> str | None:
+    return str(settings.public_url).rstrip("/") if settings.public_url else None
 
 
 def cmd_db_upgrade(settings: Settings) -> int:
@@ -161,7 +194,18 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--brokers", type=Path, help="brokers file (default: LEADLINE_BROKERS_FILE)")
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="start every valid broker's channels")
-    commands.add_parser("check", help="validate brokers.toml; non-zero exit on any error")
+    check = commands.add_parser("check", help="validate brokers.toml; non-zero exit on any error")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also start each channel and ask its provider whether webhooks reach us",
+    )
+    webhooks = commands.add_parser("webhooks", help="webhook delivery, asked of the provider")
+    subscribe_cmd = webhooks.add_subparsers(dest="webhooks_command", required=True).add_parser(
+        "subscribe", help="have the provider deliver a channel's webhooks here again"
+    )
+    subscribe_cmd.add_argument("broker", help="the broker id")
+    subscribe_cmd.add_argument("provider", help="the provider, e.g. messenger")
     db = commands.add_parser("db", help="database maintenance")
     db.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", help="apply the migrations"
@@ -187,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={"brokers_file": args.brokers})
     commands = {
         "run": cmd_run,
-        "check": cmd_check,
+        "check": lambda s: cmd_check(s, online=args.online),
+        "webhooks": lambda s: cmd_webhooks_subscribe(s, args.broker, args.provider),
         "db": cmd_db_upgrade,
         "adapters": cmd_adapters,
         "status": lambda s: cmd_status(s, as_json=args.json),

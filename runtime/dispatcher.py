@@ -266,7 +266,8 @@ class Dispatcher:
             log.exception("adapter %s raised an untyped error", row.provider)
             return await self._retry(row, RetryableSendError(_error_text(exc, None)))
         metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
-        return Sent(row.id, result.channel_message_id, result.status, metadata)
+        echoed_on = channel.key if adapter.capabilities.echoes else None
+        return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on)
 
     async def _pass_gates(self, channel: Channel, row: OutboxRow) -> bool:
         assert channel.adapter is not None
@@ -378,6 +379,7 @@ def _outbound(row: OutboxRow) -> OutboundMessage:
         last_inbound_at=row.last_inbound_at,
         last_inbound_id=row.last_inbound_id,
         template=TemplateRef.from_json(template) if template else None,
+        human_agent=bool(row.provider_metadata.get("human_agent")),
     )
 
 

@@ -14,11 +14,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import (
+    Direction,
     InboundEdit,
     InboundEvent,
     InboundMessage,
+    OutboundEcho,
     ProviderNotice,
     StatusUpdate,
+    StatusWatermark,
 )
 from leadline.runtime.batching import GroupCommit
 from leadline.runtime.sanitize import clean_events
@@ -29,8 +32,10 @@ from leadline.storage.messages import (
     EditRow,
     StatusChange,
     StatusOutcome,
+    Watermark,
     apply_edit,
     apply_status,
+    apply_watermark,
 )
 from leadline.storage.notices import Notice, insert_notices
 
@@ -71,6 +76,20 @@ def to_row(broker_id: str, provider: str, message: InboundMessage) -> IncomingRo
         attachments=[a.to_json() for a in message.attachments],
         provider_metadata=metadata,
         created_at=message.sent_at,
+        answer=message.answer,
+    )
+
+
+def echo_row(broker_id: str, provider: str, echo: OutboundEcho) -> IncomingRow:
+    """What the broker's account sent from elsewhere: an outbound row, already sent."""
+    return IncomingRow(
+        identity=ChannelIdentity(broker_id, provider, echo.channel_user_id),
+        channel_message_id=echo.channel_message_id,
+        message_text=echo.text,
+        attachments=[a.to_json() for a in echo.attachments],
+        provider_metadata={**echo.metadata, "echo": True},
+        created_at=echo.sent_at,
+        direction=Direction.OUT,
     )
 
 
@@ -81,6 +100,7 @@ def to_edit(broker_id: str, provider: str, edit: InboundEdit) -> EditRow:
         message_text=edit.text,
         attachments=[a.to_json() for a in edit.attachments],
         edited_at=edit.edited_at,
+        deleted=edit.deleted,
     )
 
 
@@ -155,6 +175,9 @@ class InboundPipeline:
                 if isinstance(event, InboundMessage):
                     rows.append(to_row(delivery.broker_id, delivery.provider, event))
                     owners.append(index)
+                elif isinstance(event, OutboundEcho) and not event.ours:
+                    rows.append(echo_row(delivery.broker_id, delivery.provider, event))
+                    owners.append(index)
         new = await insert_messages(session, rows)
         for row, owner in zip(rows, owners, strict=True):
             key = (row.identity.broker_id, row.identity.provider, row.channel_message_id)
@@ -193,6 +216,15 @@ class InboundPipeline:
                     outcome.statuses_applied += 1
                 elif result == StatusOutcome.KEPT:
                     outcome.statuses_kept += 1
+            elif isinstance(event, StatusWatermark):
+                mark = Watermark(
+                    delivery.broker_id,
+                    delivery.provider,
+                    event.channel_user_id,
+                    event.status,
+                    event.up_to,
+                )
+                outcome.statuses_applied += await apply_watermark(session, mark)
 
 
 async def _store_notices(session: AsyncSession, delivery: _Delivery) -> int:

@@ -19,8 +19,10 @@ from leadline.adapters.base import (
     InboundEvent,
     InboundMessage,
     MessageStatus,
+    OutboundEcho,
     ProviderNotice,
     StatusUpdate,
+    StatusWatermark,
 )
 
 MAX_ID = 255
@@ -75,6 +77,21 @@ def clean_event(event: InboundEvent) -> InboundEvent:
             event,
             channel_message_id=clean_id(event.channel_message_id, "status message id"),
             error=clean_text(event.error, "status error"),
+        )
+    if isinstance(event, StatusWatermark):
+        if not isinstance(event.status, MessageStatus):
+            raise EventRejected("status must be a known message status")
+        return dataclasses.replace(
+            event, channel_user_id=clean_id(event.channel_user_id, "watermark user id")
+        )
+    if isinstance(event, OutboundEcho):
+        return dataclasses.replace(
+            event,
+            channel_message_id=clean_id(event.channel_message_id, "echo message id"),
+            channel_user_id=clean_id(event.channel_user_id, "echo user id"),
+            text=clean_text(event.text, "echo text"),
+            attachments=tuple(_clean_attachment(a) for a in event.attachments),
+            metadata=clean_json(dict(event.metadata), "echo metadata"),
         )
     if isinstance(event, ProviderNotice):
         code = clean_text(event.code, "notice code")

@@ -36,6 +36,8 @@ class Outgoing:
     # An approved template instead of free-form text (WhatsApp); `text` may then say
     # what it reads like, for the history.
     template: TemplateRef | None = None
+    # Written by a human agent (Messenger and Instagram then allow 7 days, not 24 hours).
+    human_agent: bool = False
 
 
 class CannotQueue(ValueError):
@@ -58,6 +60,8 @@ async def queue_message(
         metadata["reply_to"] = message.reply_to
     if message.template is not None:
         metadata["template"] = message.template.to_json()
+    if message.human_agent:
+        metadata["human_agent"] = True
     return await enqueue(
         session,
         QueuedMessage(

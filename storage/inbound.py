@@ -21,7 +21,9 @@ MessageKey = tuple[str, str, str]  # broker, provider, channel message id
 
 @dataclass(frozen=True, slots=True)
 class IncomingRow:
-    """An inbound message as storage needs it (the runtime maps adapter events to it)."""
+    """A message a provider reported, as storage needs it (the runtime maps adapter
+    events to it): what a chat user wrote, or what the broker's account sent from
+    elsewhere (an echo, `direction = out`, already sent)."""
 
     identity: ChannelIdentity
     channel_message_id: str
@@ -29,6 +31,8 @@ class IncomingRow:
     attachments: Sequence[Mapping[str, Any]] = ()
     provider_metadata: Mapping[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    direction: Direction = Direction.IN
+    answer: bool = True  # False: stored as handled, so the reply rules never see it
 
 
 async def insert_messages(
@@ -43,29 +47,34 @@ async def insert_messages(
         return {}
     leads = await resolve_leads(session, [row.identity for row in rows])
     now = utcnow()
-    values = [
-        {
-            "lead_id": leads[identity_of(row.identity)],
-            "broker_id": row.identity.broker_id,
-            "provider": row.identity.provider,
-            "channel_user_id": row.identity.channel_user_id,
-            "channel_username": row.identity.channel_username,
-            "channel_message_id": row.channel_message_id,
-            "message_text": row.message_text,
-            "direction": Direction.IN,
-            "status": MessageStatus.DELIVERED,
-            "provider_metadata": dict(row.provider_metadata),
-            "attachments": [dict(a) for a in row.attachments],
-            "created_at": row.created_at or now,
-            "updated_at": now,
-        }
-        for row in rows
-    ]
+    values = [_values(row, leads[identity_of(row.identity)], now) for row in rows]
     # One statement executed for many rows, sent in multi-row batches by SQLAlchemy
     # ("insertmanyvalues"); Core on the session's connection, without the ORM.
     conn = await session.connection()
     result = await conn.execute(_insert_statement(session), values)
     return {(b, p, m): message_id for message_id, b, p, m in result}
+
+
+def _values(row: IncomingRow, lead_id: int, now: datetime) -> dict[str, Any]:
+    created = row.created_at or now
+    out = row.direction == Direction.OUT
+    return {
+        "lead_id": lead_id,
+        "broker_id": row.identity.broker_id,
+        "provider": row.identity.provider,
+        "channel_user_id": row.identity.channel_user_id,
+        "channel_username": row.identity.channel_username,
+        "channel_message_id": row.channel_message_id,
+        "message_text": row.message_text,
+        "direction": row.direction,
+        "status": MessageStatus.SENT if out else MessageStatus.DELIVERED,
+        "provider_metadata": dict(row.provider_metadata),
+        "attachments": [dict(a) for a in row.attachments],
+        "sent_at": created if out else None,
+        "handled_at": None if row.answer and not out else now,
+        "created_at": created,
+        "updated_at": now,
+    }
 
 
 _INSERTS: dict[str, Any] = {}  # by dialect name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +37,7 @@ class EditRow:
     message_text: str | None
     attachments: Sequence[Mapping[str, Any]] = ()
     edited_at: datetime | None = None
+    deleted: bool = False  # unsent: the text goes to the history, the message stays
 
 
 class EditOutcome(enum.StrEnum):
@@ -63,13 +64,14 @@ async def apply_edit(session: AsyncSession, edit: EditRow) -> tuple[EditOutcome,
         )
     ).first()
     stamp = (edit.edited_at or utcnow()).isoformat()
+    marks = {"deleted": True} if edit.deleted else {}
     if original is None:
         row = IncomingRow(
             who,
             edit.channel_message_id,
             edit.message_text,
             edit.attachments,
-            {"edited_at": stamp},
+            {"edited_at": stamp, **marks},
             edit.edited_at,
         )
         new = await insert_messages(session, [row])
@@ -81,13 +83,48 @@ async def apply_edit(session: AsyncSession, edit: EditRow) -> tuple[EditOutcome,
         {"text": original.message_text, "attachments": original.attachments, "edited_at": stamp}
     )
     original.message_text = edit.message_text
-    if edit.attachments:
+    if edit.attachments or edit.deleted:
         original.attachments = [dict(a) for a in edit.attachments]
-    original.provider_metadata = {**original.provider_metadata, "edits": earlier}
+    original.provider_metadata = {**original.provider_metadata, "edits": earlier, **marks}
     original.updated_at = utcnow()
     session.add(original)
     await session.flush()
     return EditOutcome.APPLIED, None
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    broker_id: str
+    provider: str
+    channel_user_id: str
+    status: MessageStatus
+    up_to: datetime
+
+
+async def apply_watermark(session: AsyncSession, mark: Watermark) -> int:
+    """Move forward every message sent to the user up to the watermark; returns how many.
+
+    Our `sent_at` is taken after the provider answered, so it trails the provider's
+    own time for the message by the call's latency: a second of slack keeps the last
+    message below the watermark from being missed.
+    """
+    result = await session.exec(
+        sa.update(ChatMessage)
+        .where(
+            col(ChatMessage.broker_id) == mark.broker_id,
+            col(ChatMessage.provider) == mark.provider,
+            col(ChatMessage.channel_user_id) == mark.channel_user_id,
+            col(ChatMessage.direction) == Direction.OUT,
+            col(ChatMessage.status).in_(statuses_before(mark.status)),
+            col(ChatMessage.status) != MessageStatus.PENDING,
+            col(ChatMessage.sent_at) <= mark.up_to + WATERMARK_SLACK,
+        )
+        .values(status=mark.status, updated_at=utcnow())
+    )
+    return result.rowcount
+
+
+WATERMARK_SLACK = timedelta(seconds=1)
 
 
 def statuses_before(new: MessageStatus) -> list[MessageStatus]:

@@ -72,6 +72,9 @@ class Sent:
     channel_message_id: str
     status: MessageStatus = MessageStatus.SENT
     metadata: Mapping[str, Any] | None = None  # the row's provider_metadata, when it changed
+    # Where the provider echoes sends back (broker, provider): an echo of this send
+    # stored before this outcome gives way to it.
+    echoed_on: ChannelKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +348,7 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
         col(ChatMessage.id) == sa.bindparam("row_id"), _pending_out(ChatMessage)
     )
     sent = [o for o in outcomes if isinstance(o, Sent)]
+    await _drop_echoes_of(session, sent)
     sent_values = {
         "channel_message_id": sa.bindparam("cmid"),
         "status": sa.bindparam("new_status"),
@@ -413,6 +417,26 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
             await (await session.connection()).execute(statement, params)
     if sent:
         await _apply_early(session, sent)
+
+
+async def _drop_echoes_of(session: AsyncSession, sent: Sequence[Sent]) -> None:
+    """An echo of our own send that beat the send's answer was stored as a message sent
+    from elsewhere (never tried by us: no attempts). Our row is the message: drop it."""
+    params = [
+        {"b": o.echoed_on[0], "p": o.echoed_on[1], "cmid": o.channel_message_id}
+        for o in sent
+        if o.echoed_on is not None
+    ]
+    if not params:
+        return
+    statement = sa.delete(ChatMessage).where(
+        col(ChatMessage.broker_id) == sa.bindparam("b"),
+        col(ChatMessage.provider) == sa.bindparam("p"),
+        col(ChatMessage.direction) == _literal(Direction.OUT.value),
+        col(ChatMessage.channel_message_id) == sa.bindparam("cmid"),
+        col(ChatMessage.attempts) == 0,
+    )
+    await (await session.connection()).execute(statement, params)
 
 
 async def _apply_early(session: AsyncSession, sent: Sequence[Sent]) -> None:

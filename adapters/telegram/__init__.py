@@ -371,6 +371,19 @@ class TelegramAdapter(Adapter):
         info = await self.bot.get_webhook_info()
         return info.model_dump(mode="json", exclude_none=True)
 
+    async def subscription_problem(self) -> str | None:
+        if self.settings.mode != "webhook":
+            return None  # long polling: Telegram delivers nothing by itself
+        info = await self.bot.get_webhook_info()
+        if info.url != self.webhook_url():
+            return f"Telegram delivers updates to {info.url or 'no webhook'}, not here"
+        return None
+
+    async def subscribe(self) -> None:
+        if self.settings.mode != "webhook":
+            raise AdapterError('this bot polls (mode = "polling"): it has no webhook')
+        await self.set_webhook(self.webhook_url())
+
     async def download_media(self, attachment: Attachment) -> bytes:
         """Fetch a file by its Telegram file id. The file URL holds the token: it is
         built and used inside aiogram and never logged or returned."""

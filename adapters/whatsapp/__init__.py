@@ -11,8 +11,6 @@ text here holds it. Meta's media URLs hold a signed hash: never logged either.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -33,12 +31,10 @@ from leadline.adapters.base import (
     HttpReply,
     InboundEvent,
     OutboundMessage,
-    PermanentSendError,
     RateLimit,
-    RetryableSendError,
-    SendError,
     SendResult,
 )
+from leadline.adapters.parts import PartSender
 from leadline.adapters.whatsapp.config import WhatsAppConfig
 from leadline.adapters.whatsapp.errors import describe, network_error, send_error
 from leadline.adapters.whatsapp.outbound import (
@@ -60,7 +56,6 @@ SEND_TIMEOUT = 30.0  # seconds per Cloud API call
 # All the calls of one message together: well within the outbox lease (90 s by default),
 # so a slow multi-part send is never taken by a second sender meanwhile.
 SEND_BUDGET = 60.0
-MAX_PROGRESS = 10_000  # multi-part messages remembered between their retries
 
 
 class WhatsAppAdapter(Adapter):
@@ -84,9 +79,7 @@ class WhatsAppAdapter(Adapter):
         self.settings = config
         self._client: WhatsApp | None = None
         self._http: httpx.AsyncClient | None = None
-        # Parts of a multi-part message already sent, by message: a retry after a
-        # failure in the middle sends only the rest.
-        self._progress: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+        self._parts = PartSender(SEND_BUDGET)
 
     @property
     def account_id(self) -> str:
@@ -103,13 +96,7 @@ class WhatsAppAdapter(Adapter):
     async def start(self) -> None:
         await self.close()
         broker = self.context.broker_id
-        if self.settings.app_secret is None:
-            log.warning(
-                "broker %s: whatsapp webhooks are NOT signature-checked "
-                "(allow_unsigned = true): anyone who knows the URL can post messages; "
-                "for local tests only",
-                broker,
-            )
+        meta.warn_if_unsigned(self.settings, broker, self.name)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(SEND_TIMEOUT, connect=10.0))
         self._client = WhatsApp(
             phone_id=self.settings.phone_number_id,
@@ -145,10 +132,7 @@ class WhatsAppAdapter(Adapter):
     # --- inbound -----------------------------------------------------------------------
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        secret = self.settings.app_secret
-        if secret is None:
-            return  # allow_unsigned: warned at every start
-        meta.verify_signature(secret.get_secret_value(), headers, body)
+        meta.check_request(self.settings, headers, body)
 
     def handshake(self, query: Mapping[str, str]) -> HttpReply:
         return meta.handshake(query, self.settings.verify_token.get_secret_value())
@@ -172,25 +156,11 @@ class WhatsAppAdapter(Adapter):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         steps = plan(message, datetime.now(UTC), self.settings.window_template)
-        key = progress_key(message, steps)
-        sent = self._progress.pop(key, [])
-        try:
-            async with asyncio.timeout(SEND_BUDGET):
-                for step in steps[len(sent) :]:
-                    sent.append(await self._call(message.channel_user_id, step))
-        except TimeoutError:
-            self._remember(key, sent)
-            raise RetryableSendError("WhatsApp too slow: send timed out", code="timeout") from None
-        except SendError as exc:
-            if sent and not isinstance(exc, PermanentSendError):
-                self._remember(key, sent)
-            raise
+        user = message.channel_user_id
+        sent = await self._parts.send(
+            progress_key(message, steps), steps, lambda step: self._call(user, step)
+        )
         return SendResult(sent[-1], metadata=_sent_metadata(steps, sent))
-
-    def _remember(self, key: str, sent: list[str]) -> None:
-        self._progress[key] = sent
-        while len(self._progress) > MAX_PROGRESS:
-            self._progress.popitem(last=False)
 
     async def _call(self, user: str, step: Step) -> str:
         """One Cloud API call; returns the message id WhatsApp gave."""

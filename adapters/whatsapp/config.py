@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from leadline.config.providers import ProviderConfig
+from leadline.adapters.meta import MetaAppConfig, access_token_shape
 
 TEXT_VARIABLE = "{text}"  # in a window template's parameters: the message that could not go
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # Meta's codes: "es", "en_US", "pt_BR"
-_TOKEN = re.compile(r"[A-Za-z0-9_\-.|]{8,4096}")
 
 
 class WindowTemplate(BaseModel):
@@ -36,48 +35,12 @@ class WindowTemplate(BaseModel):
         return value
 
 
-class WhatsAppConfig(ProviderConfig):
+class WhatsAppConfig(MetaAppConfig):
     phone_number_id: str = Field(pattern=r"^[0-9]{1,32}$")
     access_token: SecretStr
-    # Read before app_secret: it decides whether app_secret may be left out.
-    allow_unsigned: bool = False
-    app_secret: SecretStr | None = Field(default=None, validate_default=True)
-    verify_token: SecretStr
-    api_version: str = "24.0"
     window_template: WindowTemplate | None = None
 
     @field_validator("access_token")
     @classmethod
     def _token_shape(cls, value: SecretStr) -> SecretStr:
-        if not _TOKEN.fullmatch(value.get_secret_value()):
-            raise ValueError("must be the access token Meta gave (letters and digits)")
-        return value
-
-    @field_validator("app_secret")
-    @classmethod
-    def _signed_unless_allowed(
-        cls, value: SecretStr | None, info: ValidationInfo
-    ) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            value = None
-        if value is None and not info.data.get("allow_unsigned"):
-            raise ValueError(
-                "required: webhooks are checked with the app secret "
-                "(allow_unsigned = true skips the check, for local tests only)"
-            )
-        return value
-
-    @field_validator("verify_token")
-    @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("api_version")
-    @classmethod
-    def _graph_version(cls, value: str) -> str:
-        version = value.removeprefix("v")
-        if not re.fullmatch(r"[0-9]{1,3}\.0", version):
-            raise ValueError('a Graph API version like "24.0"')
-        return version
+        return access_token_shape(value)

@@ -48,13 +48,13 @@ from leadline.adapters.base import (
 )
 from leadline.adapters.payload import decode_json, utc_from_unix
 from leadline.adapters.payload import finite as _num
+from leadline.adapters.payload import ident as _id
 from leadline.adapters.payload import obj as _obj
 from leadline.adapters.payload import put as _put
 from leadline.adapters.payload import text as _str
 
 OBJECT = "whatsapp_business_account"
 MESSAGES_FIELD = "messages"  # the only change field that carries messages and statuses
-MAX_ID = 255  # the longest id storage accepts (runtime/sanitize.py)
 UNKNOWN_TYPE = "unknown"  # metadata["type"] of a message without a string `type`
 MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
 STATUSES: Mapping[str, MessageStatus] = {
@@ -484,16 +484,6 @@ def _failure(value: Any) -> str | None:
 
 
 # --- typed reads of untrusted values ---------------------------------------------
-
-
-def _id(value: Any) -> str | None:
-    """An id storage can hold: a non-empty printable string (or an int) of ≤255 chars."""
-    if type(value) is int:  # never a bool; Meta sends strings, but a number is unambiguous
-        value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID:
-        return None
-    # isprintable() also refuses NUL and lone surrogates, which storage cannot hold.
-    return value if value.isprintable() else None
 
 
 def _utc(value: Any) -> datetime | None:

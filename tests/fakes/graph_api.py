@@ -32,6 +32,13 @@ What is deliberately simpler than Graph: bodies must be JSON (no form encoding),
 the message types text/image/video/audio/document/sticker/template are known, no rate is
 enforced unless a fault is injected, no status webhook is ever sent, and media uploads
 (`POST /<PHONE_NUMBER_ID>/media`) are not served.
+
+The same fake also serves the Messenger Platform and Instagram messaging Send APIs:
+`add_page` and `add_instagram_account` register the Pages and accounts of
+tests/fakes/graph_pages.py, whose module docstring tells their routes. A call to
+`/<ID>/messages` or `GET /<ID>` goes to a Page or account when the id is one of
+theirs, `me`, or an id the fake does not hold asked with a Page's token; else to
+WhatsApp as above. `GET /<version>/app` answers the app (`app_id`) to any known token.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +188,7 @@ class RequestRecord:
     phone_number_id: str | None  # the number addressed by /messages; None elsewhere
     body: Any  # the parsed JSON body; None without one
     had_token: bool
+    page_id: str | None = None  # the Page or Instagram account addressed (graph_pages.py)
 
 
 @dataclass(frozen=True)
@@ -327,6 +335,9 @@ class FakeGraph:
         self._download_faults: list[Fault] = []
         self._urls: dict[str, IssuedUrl] = {}  # by the url's `hash`
         self.born_expired = 0  # the next this many media urls expire at once
+        self.app_id = "1517776481860111"  # the app every token belongs to (`GET /app`)
+        self.pages: dict[str, graph_pages.FakePage] = {}  # Pages and Instagram accounts
+        self._page_routes = graph_pages.PageRoutes(self)
 
     # --- test API ----------------------------------------------------------------
 
@@ -334,6 +345,40 @@ class FakeGraph:
         number = FakeNumber(phone_number_id, access_token)
         self.numbers[phone_number_id] = number
         return number
+
+    def add_page(
+        self,
+        page_id: str,
+        access_token: str,
+        *,
+        name: str = "Example Realty",
+        instagram_account_id: str | None = None,
+    ) -> graph_pages.FakePage:
+        """A Facebook Page (Messenger), maybe linked to an Instagram account."""
+        page = graph_pages.FakePage(
+            page_id, access_token, "messenger", name=name, instagram_account_id=instagram_account_id
+        )
+        return self._add_page(page)
+
+    def add_instagram_account(
+        self, account_id: str, access_token: str, *, username: str = "example.realty"
+    ) -> graph_pages.FakePage:
+        """An Instagram professional account: Instagram Login on graph.instagram.com, or the
+        account a Page links to (see graph_pages.py on `instagram_recipients`)."""
+        account = graph_pages.FakePage(
+            account_id,
+            access_token,
+            "instagram",
+            username=username,
+            instagram_account_id=account_id,
+        )
+        return self._add_page(account)
+
+    def _add_page(self, page: graph_pages.FakePage) -> graph_pages.FakePage:
+        if page.page_id in self.pages or page.page_id in self.numbers or page.page_id == "me":
+            raise ValueError(f"id {page.page_id!r} is already taken in this fake")
+        self.pages[page.page_id] = page
+        return page
 
     def add_media(self, media_id: str, content: bytes, mime_type: str) -> None:
         """Register media any number's token may fetch (as a webhook's `image.id`)."""
@@ -361,8 +406,12 @@ class FakeGraph:
 
     def app(self) -> web.Application:
         app = web.Application()
+        pages = self._page_routes
         app.router.add_post("/{version}/{phone_number_id}/messages", self._handle_messages)
+        app.router.add_get("/{version}/{object_id}/subscribed_apps", pages.subscribed_apps)
+        app.router.add_post("/{version}/{object_id}/subscribed_apps", pages.subscribed_apps)
         app.router.add_get(DOWNLOAD_PATH, self._handle_download)
+        app.router.add_get("/{version}/app", pages.app_details)  # before /{media_id}
         app.router.add_get("/{version}/{media_id}", self._handle_media)
         return app
 
@@ -373,6 +422,8 @@ class FakeGraph:
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
         number_id = request.match_info["phone_number_id"]
+        if self._page_routes.addresses(number_id, request):
+            return await self._page_routes.messages(request)
         token = _bearer(request)
         body: Any = None
         bad_body: GraphError | None = None
@@ -404,6 +455,8 @@ class FakeGraph:
 
     async def _handle_media(self, request: web.Request) -> web.StreamResponse:
         media_id = request.match_info["media_id"]
+        if self._page_routes.addresses(media_id, request):
+            return await self._page_routes.details(request, media_id)
         token = _bearer(request)
         self.requests.append(
             RequestRecord(request.method, request.path, None, None, token is not None)
@@ -651,28 +704,39 @@ async def _read_json(request: web.Request) -> Any:
         raise GraphError(spec, "The request body is not valid JSON.") from None
 
 
-def _error(exc: GraphError, version: int | None) -> web.Response:
+def _error(exc: GraphError, version: int | None, *, whatsapp: bool = True) -> web.Response:
+    """The Graph error envelope. Messenger and Instagram (`whatsapp=False`) carry no
+    `error_data` and keep `error_subcode` in every version."""
     spec = exc.spec
     error: dict[str, Any] = {
         "message": spec.message or f"(#{spec.code}) {spec.title}",
         "type": "OAuthException",
         "code": spec.code,
     }
-    if exc.details is not None:
+    if exc.details is not None and whatsapp:
         error["error_data"] = {"messaging_product": "whatsapp", "details": exc.details}
     if spec.subcode is not None and (
-        spec.code == 100 or (version is not None and version <= SUBCODE_LAST_VERSION)
+        not whatsapp
+        or spec.code == 100
+        or (version is not None and version <= SUBCODE_LAST_VERSION)
     ):
         error["error_subcode"] = spec.subcode
     error["fbtrace_id"] = "A" + secrets.token_urlsafe(16)
     return web.json_response({"error": error}, status=exc.status)
 
 
-async def _apply_fault(request: web.Request, fault: Fault) -> None:
-    """Sleep ("slow"), vanish ("drop") or raise the fault's GraphError."""
+async def _apply_fault(
+    request: web.Request, fault: Fault, errors: Mapping[str, ErrorSpec] = ERRORS
+) -> None:
+    """Sleep ("slow"), vanish ("drop") or raise the fault's GraphError from `errors`."""
     if fault.kind == "slow":
         await asyncio.sleep(fault.delay)
         return
     if fault.kind == "drop":
         drop_connection(request)
-    raise GraphError(ERRORS[fault.kind], fault.details, fault.status)
+    raise GraphError(errors[fault.kind], fault.details, fault.status)
+
+
+# Last: graph_pages builds on the primitives above (ErrorSpec, GraphError, Fault, ...), and
+# FakeGraph only reaches it at run time, so either module may be imported first.
+from tests.fakes import graph_pages  # noqa: E402
