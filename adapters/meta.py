@@ -124,3 +124,15 @@ def warn_if_unsigned(config: MetaAppConfig, broker_id: str, provider: str) -> No
             broker_id,
             provider,
         )
+
+
+class MetaWebhooks:
+    """The webhook half of a Meta adapter: put before `Adapter` among the bases."""
+
+    settings: MetaAppConfig
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        check_request(self.settings, headers, body)
+
+    def handshake(self, query: Mapping[str, str]) -> HttpReply:
+        return handshake(query, self.settings.verify_token.get_secret_value())

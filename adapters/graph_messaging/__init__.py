@@ -27,7 +27,6 @@ from leadline.adapters.base import (
     AdapterContext,
     AdapterError,
     Capabilities,
-    HttpReply,
     InboundEvent,
     OutboundMessage,
     RateLimit,
@@ -78,7 +77,7 @@ def messaging_capabilities(per_second: float) -> Capabilities:
     )
 
 
-class GraphMessagingAdapter(Adapter):
+class GraphMessagingAdapter(meta.MetaWebhooks, Adapter):
     """The shared half of the Messenger and Instagram adapters (not a provider itself)."""
 
     object_kind: ClassVar[str] = ""  # the webhook body's `object`
@@ -157,12 +156,6 @@ class GraphMessagingAdapter(Adapter):
             await client.close()
 
     # --- inbound ------------------------------------------------------------------------
-
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        meta.check_request(self.settings, headers, body)
-
-    def handshake(self, query: Mapping[str, str]) -> HttpReply:
-        return meta.handshake(query, self.settings.verify_token.get_secret_value())
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:
         delivery = parse_body(body, self.object_kind)

@@ -28,7 +28,6 @@ from leadline.adapters.base import (
     AdapterError,
     Attachment,
     Capabilities,
-    HttpReply,
     InboundEvent,
     OutboundMessage,
     RateLimit,
@@ -58,7 +57,7 @@ SEND_TIMEOUT = 30.0  # seconds per Cloud API call
 SEND_BUDGET = 60.0
 
 
-class WhatsAppAdapter(Adapter):
+class WhatsAppAdapter(meta.MetaWebhooks, Adapter):
     name = "whatsapp"
     config_model = WhatsAppConfig
     capabilities = Capabilities(
@@ -130,12 +129,6 @@ class WhatsAppAdapter(Adapter):
             await http.aclose()
 
     # --- inbound -----------------------------------------------------------------------
-
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        meta.check_request(self.settings, headers, body)
-
-    def handshake(self, query: Mapping[str, str]) -> HttpReply:
-        return meta.handshake(query, self.settings.verify_token.get_secret_value())
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[InboundEvent]:
         """Every event of the delivery, each tagged with the business number it came
