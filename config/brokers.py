@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from leadline.config.calendar import BusinessCalendar, BusinessHoursConfig, check_iana_zone
 from leadline.config.providers import ProviderConfig
 from leadline.config.templates import check_template
 
@@ -27,7 +27,9 @@ class Features(_Strict):
 
 
 class Templates(_Strict):
-    welcome: str | None = None
+    welcome: str | None = None  # a new lead's first message
+    closed_reply: str | None = None  # a message while closed: once per closed period
+    open_reply: str | None = None  # at the next opening, to whoever wrote while closed
 
     @field_validator("*")
     @classmethod
@@ -35,6 +37,29 @@ class Templates(_Strict):
         if value is not None:
             check_template(value)
         return value
+
+
+class KeywordRule(_Strict):
+    """`{ match = ["precio", "price"], reply = "..." }`: answered at any hour."""
+
+    match: tuple[str, ...] = Field(min_length=1)
+    reply: str = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not word.strip() for word in value):
+            raise ValueError("every keyword must hold a letter or digit")
+        return value
+
+    @field_validator("reply")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        check_template(value)
+        return value
+
+
+RESPONDER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class RateLimitConfig(_Strict):
@@ -58,18 +83,16 @@ class BrokerTable(_Strict):
     rate_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
     features: Features = Features()
     templates: Templates = Templates()
+    business_hours: BusinessHoursConfig | None = None
+    keywords: tuple[KeywordRule, ...] = ()
+    # A Python callable ("package.module:function") that may answer a message itself.
+    responder: str | None = Field(default=None, pattern=RESPONDER_PATTERN)
+    responder_timeout: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, value: str) -> str:
-        # The value may come from the environment: never quote it back.
-        if not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,3}", value):
-            raise ValueError("not an IANA time zone name (like Europe/Madrid)")
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("unknown IANA time zone") from None
-        return value
+        return check_iana_zone(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,15 @@ class BrokerConfig:
     rate_limits: Mapping[str, RateLimitConfig] = field(default_factory=dict)
     features: Features = field(default_factory=Features)
     templates: Templates = field(default_factory=Templates)
+    business_hours: BusinessHoursConfig | None = None
+    keywords: tuple[KeywordRule, ...] = ()
+    responder: str | None = None
+    responder_timeout: float = 10.0
+    # When the broker is open: always, without a business_hours table.
+    calendar: BusinessCalendar = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calendar", BusinessCalendar(self.business_hours, self.zone))
 
     @property
     def zone(self) -> ZoneInfo:

@@ -163,6 +163,10 @@ def _load_broker(
         rate_limits=parsed.rate_limits,
         features=parsed.features,
         templates=parsed.templates,
+        business_hours=parsed.business_hours,
+        keywords=parsed.keywords,
+        responder=parsed.responder,
+        responder_timeout=parsed.responder_timeout,
     )
     return broker, issues, resolver.secrets
 

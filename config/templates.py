@@ -6,7 +6,7 @@ import string
 from collections.abc import Mapping
 
 # The variables a template may use; later features add theirs here.
-TEMPLATE_VARIABLES: frozenset[str] = frozenset({"name", "broker", "provider"})
+TEMPLATE_VARIABLES: frozenset[str] = frozenset({"name", "broker", "provider", "next_open"})
 
 
 class TemplateError(ValueError):

@@ -21,9 +21,11 @@ from leadline.config.brokers import BrokersFile
 from leadline.config.loader import load_brokers_file
 from leadline.config.settings import Settings
 from leadline.runtime.gc_tuning import tune_gc
+from leadline.runtime.hours import hours_report
 from leadline.runtime.http import build_app
 from leadline.runtime.logs import Redactor, configure_logging
 from leadline.runtime.online import Finding, check_online, subscribe
+from leadline.runtime.responder import ResponderError, load_responder
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.engine import DatabaseUrlError, make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import current_revision, upgrade
@@ -82,13 +84,22 @@ def cmd_check(settings: Settings, online: bool = False) -> int:
         for provider, reason in sorted(broker.disabled.items()):
             print(f"  {provider} disabled: {reason}")
     failed = bool(brokers.issues)
+    for broker in brokers.brokers.values():
+        if broker.responder is not None:
+            try:
+                load_responder(broker.responder)
+            except ResponderError as exc:
+                print(f"error: broker {broker.id!r}, key 'responder': {exc}")
+                failed = True
     if online:
         redactor = _quiet_logging(settings, brokers)
         findings = asyncio.run(check_online(brokers, registry, _public_url(settings)))
         failed |= _report(findings, redactor)
     if brokers.issues:
         print(f"{settings.brokers_file}: {len(brokers.issues)} error(s)")
-    elif not failed:
+    elif failed:
+        print(f"{settings.brokers_file}: valid, but not every broker can run as configured")
+    else:
         print(f"{settings.brokers_file}: OK")
     return 1 if failed else 0
 
@@ -118,6 +129,18 @@ def _report(findings: list[Finding], redactor: Redactor) -> bool:
 
 def _public_url(settings: Settings) -> str | None:
     return str(settings.public_url).rstrip("/") if settings.public_url else None
+
+
+def cmd_hours(settings: Settings, broker_id: str) -> int:
+    """This week's opening hours and the next opening, in the broker's time zone."""
+    _, brokers = load(settings)
+    broker = brokers.brokers.get(broker_id)
+    if broker is None:
+        print(f"error: no valid broker {broker_id!r} in {settings.brokers_file}", file=sys.stderr)
+        return 2
+    for line in hours_report(broker, utcnow()):
+        print(line)
+    return 0
 
 
 def cmd_db_upgrade(settings: Settings) -> int:
@@ -211,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
         "upgrade", help="apply the migrations"
     )
     commands.add_parser("adapters", help="list the adapters found and where from")
+    hours = commands.add_parser("hours", help="a broker's opening hours this week")
+    hours.add_argument("broker", help="the broker id")
     status = commands.add_parser(
         "status", help="outbound messages per broker and provider: queued, in flight, sent, failed"
     )
@@ -235,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "webhooks": lambda s: cmd_webhooks_subscribe(s, args.broker, args.provider),
         "db": cmd_db_upgrade,
         "adapters": cmd_adapters,
+        "hours": lambda s: cmd_hours(s, args.broker),
         "status": lambda s: cmd_status(s, as_json=args.json),
     }
     try:

@@ -41,6 +41,7 @@ from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
+from leadline.storage.conversation import answered_by_human
 from leadline.storage.leads import rekey_channel
 from leadline.storage.messages import settle_early_statuses
 from leadline.storage.outbox import (
@@ -51,6 +52,7 @@ from leadline.storage.outbox import (
     Released,
     Retry,
     Sent,
+    Withdrawn,
     claim_many,
     due_heads,
     next_due_at,
@@ -67,6 +69,8 @@ IDLE_POLL_SECONDS = 5.0
 SWEEP_SECONDS = 30.0
 KEEP_EARLY_STATUSES = timedelta(days=7)  # a report for an id never seen: kept this long
 THROTTLED = "throttled"  # provider_metadata: tries the provider only asked us to wait
+# provider_metadata: send only if no human answered the lead since the row was queued.
+UNLESS_ANSWERED = "unless_answered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,9 @@ class Dispatcher:
         if channel is None or channel.adapter is None or channel.state != ChannelState.UP:
             return Released(row.id)  # it went down meanwhile: due again once it is up
         adapter = channel.adapter
+        if row.provider_metadata.get(UNLESS_ANSWERED) and await self._answered(row):
+            log.info("scheduled message %s withdrawn: a human answered the lead", row.id)
+            return Withdrawn(row.id)
         message = _outbound(row)
         if message.template is not None and not adapter.capabilities.templates:
             return self._failed(row, f"{row.provider} cannot send message templates")
@@ -268,6 +275,10 @@ class Dispatcher:
         metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
         echoed_on = channel.key if adapter.capabilities.echoes else None
         return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on)
+
+    async def _answered(self, row: OutboxRow) -> bool:
+        async with self._sessions() as session:
+            return await answered_by_human(session, row.lead_id, row.created_at)
 
     async def _pass_gates(self, channel: Channel, row: OutboxRow) -> bool:
         assert channel.adapter is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 
 import sqlalchemy as sa
 from aiohttp import web
@@ -36,8 +37,13 @@ def error(status: int, reason: str) -> web.Response:
 
 
 def build_app(
-    settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
+    settings: Settings,
+    brokers: BrokersFile,
+    registry: Registry,
+    redactor: Redactor,
+    clock: Callable[[], datetime] = utcnow,
 ) -> web.Application:
+    """The application; `clock` is the service's time (tests move it)."""
     # Bodies are taken as sent: signatures cover the bytes on the wire, and a body that
     # fails to decompress would otherwise break the connection inside aiohttp.
     app = web.Application(
@@ -47,7 +53,7 @@ def build_app(
     )
 
     async def service_context(app: web.Application) -> AsyncIterator[None]:
-        service = await open_service(settings, brokers, registry, redactor)
+        service = await open_service(settings, brokers, registry, redactor, clock)
         app[SERVICE] = service
         _announce(settings, service)
         yield

@@ -1,9 +1,13 @@
 """The reply worker: runs the rules on stored inbound messages, off the request path.
 
-Messages are handled one at a time in id order, so replies to a lead keep the
-order of what the lead wrote. Deciding, queueing the replies and marking the
-message handled is one transaction: after a crash, what was not handled is
-handled at the next start, and nothing is answered twice.
+Messages are handled in id order, so replies to a lead keep the order of what the
+lead wrote. Deciding, queueing the replies and marking the message handled is one
+transaction: after a crash, what was not handled is handled at the next start, and
+nothing is answered twice.
+
+A broker's responder (runtime/responder.py) may be slow, so it is asked before that
+transaction, outside it, about messages not yet claimed; the transaction then claims
+exactly those. A crash in between only means the responder is asked again.
 """
 
 from __future__ import annotations
@@ -11,23 +15,37 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.brokers import BrokerConfig
-from leadline.runtime.rules import MessageFacts, Reply, decide
+from leadline.runtime import reply_facts
+from leadline.runtime.dispatcher import UNLESS_ANSWERED
+from leadline.runtime.responder import (
+    IncomingMessage,
+    LeadInfo,
+    Responder,
+    ResponderError,
+    ask,
+    load_responder,
+)
+from leadline.runtime.rules import Reply, decide
 from leadline.storage.conversation import (
     Unhandled,
+    claim_ids,
     claim_unhandled,
-    first_inbound_ids,
-    lead_names,
+    lead_infos,
+    peek_unhandled,
 )
 from leadline.storage.outbox import QueuedMessage, enqueue
+from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
 BATCH = 500
 SETTLE_SECONDS = 0.05
+RESPONDERS_AT_ONCE = 8
 
 
 class ReplyWorker:
@@ -37,11 +55,15 @@ class ReplyWorker:
         brokers: Mapping[str, BrokerConfig],
         on_queued: Callable[[], None],
         on_handled: Callable[[Sequence[Unhandled]], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._brokers = brokers
         self._on_queued = on_queued
         self._on_handled = on_handled
+        self._clock = clock
+        self._responders = _load_responders(brokers)
+        self._asking = asyncio.Semaphore(RESPONDERS_AT_ONCE)
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -93,25 +115,65 @@ class ReplyWorker:
         Only rows this worker claims are answered, so two processes never answer
         the same message.
         """
+        ids: list[int] | None = None
+        answers: dict[int, str] = {}
+        if self._responders:
+            async with self._sessions() as session:
+                peeked = await peek_unhandled(session, BATCH)
+            ids = [m.id for m in peeked]
+            answers = await self._ask_responders(peeked)
         async with self._sessions() as session, session.begin():
-            mine = await claim_unhandled(session, BATCH)
+            if ids is None:
+                mine = await claim_unhandled(session, BATCH)
+            else:
+                mine = await claim_ids(session, ids)
             answering = [m for m in mine if self._answers(m.broker_id)]
             if not answering:
                 return mine, False
-            lead_ids = {m.lead_id for m in answering}
-            names = await lead_names(session, lead_ids)
-            firsts = await first_inbound_ids(session, lead_ids)
+            now = self._clock()
+            facts = await reply_facts.gather(session, self._brokers, answering, now)
             queued = False
             for message in answering:
-                facts = MessageFacts(
-                    provider=message.provider,
-                    lead_name=names.get(message.lead_id),
-                    first_from_lead=firsts.get(message.lead_id) == message.id,
-                )
-                for reply in decide(self._brokers[message.broker_id], facts):
-                    await enqueue(session, _reply_row(message, reply))
+                about = facts.of(message, answers.get(message.id))
+                for reply in decide(self._brokers[message.broker_id], about):
+                    await enqueue(session, _reply_row(message, reply, now))
+                    facts.replied(message, reply)
                     queued = True
         return mine, queued
+
+    async def _ask_responders(self, messages: Sequence[Unhandled]) -> dict[int, str]:
+        """The responders' answers, by message id; only for brokers that answer."""
+        asked = [
+            m for m in messages if m.broker_id in self._responders and self._answers(m.broker_id)
+        ]
+        if not asked:
+            return {}
+        async with self._sessions() as session:
+            leads = await lead_infos(session, {m.lead_id for m in asked})
+
+        async def one(message: Unhandled) -> tuple[int, str | None]:
+            broker = self._brokers[message.broker_id]
+            incoming = IncomingMessage(
+                message.id,
+                message.broker_id,
+                message.provider,
+                message.channel_user_id,
+                message.message_text,
+                tuple(message.attachments or ()),
+                message.created_at,
+            )
+            async with self._asking:
+                lead = leads[message.lead_id]
+                answer = await ask(
+                    self._responders[message.broker_id],
+                    incoming,
+                    LeadInfo(lead.id, lead.name, lead.phone, tuple(lead.tags or ())),
+                    broker.responder_timeout,
+                )
+            return message.id, answer
+
+        results = await asyncio.gather(*(one(m) for m in asked))
+        return {message_id: answer for message_id, answer in results if answer}
 
     def _answers(self, broker_id: str) -> bool:
         # A broker no longer in brokers.toml: its messages are stored, never answered.
@@ -119,7 +181,10 @@ class ReplyWorker:
         return broker is not None and broker.features.auto_reply
 
 
-def _reply_row(message: Unhandled, reply: Reply) -> QueuedMessage:
+def _reply_row(message: Unhandled, reply: Reply, now: datetime) -> QueuedMessage:
+    metadata: dict[str, object] = {"rule": reply.rule, "in_reply_to": message.id}
+    if reply.unless_answered:
+        metadata[UNLESS_ANSWERED] = True
     return QueuedMessage(
         lead_id=message.lead_id,
         broker_id=message.broker_id,
@@ -127,6 +192,21 @@ def _reply_row(message: Unhandled, reply: Reply) -> QueuedMessage:
         channel_user_id=message.channel_user_id,
         channel_username=message.channel_username,
         message_text=reply.text,
-        ai_response_used=False,
-        provider_metadata={"rule": reply.rule, "in_reply_to": message.id},
+        send_after=reply.send_after,
+        ai_response_used=reply.ai,
+        provider_metadata=metadata,
+        created_at=now,
     )
+
+
+def _load_responders(brokers: Mapping[str, BrokerConfig]) -> dict[str, Responder]:
+    """Each broker's responder; one that cannot be loaded is left out, said once."""
+    found = {}
+    for broker in brokers.values():
+        if broker.responder is None:
+            continue
+        try:
+            found[broker.id] = load_responder(broker.responder)
+        except ResponderError as exc:
+            log.error("broker %s: responder %s not used: %s", broker.id, broker.responder, exc)
+    return found

@@ -45,7 +45,10 @@ class CannotQueue(ValueError):
 
 
 async def queue_message(
-    session: AsyncSession, brokers: Mapping[str, BrokerConfig], message: Outgoing
+    session: AsyncSession,
+    brokers: Mapping[str, BrokerConfig],
+    message: Outgoing,
+    now: datetime | None = None,
 ) -> int:
     """Queue `message` as a pending outbound row in the caller's transaction; returns its id."""
     broker = brokers.get(message.broker_id)
@@ -75,6 +78,7 @@ async def queue_message(
             send_after=message.send_after,
             ai_response_used=message.ai_response_used,
             provider_metadata=metadata,
+            created_at=now,
         ),
     )
 

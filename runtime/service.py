@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -23,11 +23,13 @@ from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.receipts import ReadReceipts
 from leadline.runtime.replies import ReplyWorker
 from leadline.runtime.retry import RetryPolicy
+from leadline.runtime.scheduler import OpeningScheduler
 from leadline.runtime.sending import Outgoing, queue_message
 from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import upgrade
+from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Service:
     pipeline: InboundPipeline
     replies: ReplyWorker
     dispatcher: Dispatcher
+    scheduler: OpeningScheduler
+    clock: Callable[[], datetime] = utcnow
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inboxes: dict[tuple[str, str], ChannelInbox] = field(default_factory=dict)
 
@@ -58,7 +62,7 @@ class Service:
     async def queue(self, message: Outgoing) -> int:
         """Queue a message for a lead (see `queue_message`) and wake the dispatcher."""
         async with self.sessions() as session, session.begin():
-            message_id = await queue_message(session, self.brokers.brokers, message)
+            message_id = await queue_message(session, self.brokers.brokers, message, self.clock())
         self.dispatcher.wake()
         return message_id
 
@@ -70,6 +74,7 @@ class Service:
         that hangs is logged and left behind, so shutdown always ends. Safe to
         call twice.
         """
+        self.scheduler.stop()
         tasks, self._tasks = self._tasks, []
         workers = [t for t in tasks if t.get_name() in WORKERS]
         await _cancel([t for t in tasks if t not in workers])
@@ -125,7 +130,11 @@ def delivery_options(settings: Settings) -> DeliveryOptions:
 
 
 async def open_service(
-    settings: Settings, brokers: BrokersFile, registry: Registry, redactor: Redactor
+    settings: Settings,
+    brokers: BrokersFile,
+    registry: Registry,
+    redactor: Redactor,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Service:
     """Migrate the database, record the brokers, start every channel and the workers."""
     engine = make_engine(settings.database_url)
@@ -143,11 +152,16 @@ async def open_service(
         raise
     public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
     channels = Channels.build(brokers, registry, public_url)
-    dispatcher = Dispatcher(sessions, channels, options=delivery_options(settings))
+    dispatcher = Dispatcher(sessions, channels, clock=clock, options=delivery_options(settings))
     receipts = ReadReceipts(channels)
     replies = ReplyWorker(
-        sessions, brokers.brokers, on_queued=dispatcher.wake, on_handled=receipts.handled
+        sessions,
+        brokers.brokers,
+        on_queued=dispatcher.wake,
+        on_handled=receipts.handled,
+        clock=clock,
     )
+    scheduler = OpeningScheduler(brokers.brokers, dispatcher.wake, clock)
     pipeline = InboundPipeline(sessions, on_stored=replies.wake)
     service = Service(
         settings,
@@ -160,8 +174,11 @@ async def open_service(
         pipeline,
         replies,
         dispatcher,
+        scheduler,
+        clock,
     )
     pipeline.start()
+    scheduler.start()
     await channels.start()
     service._tasks = [
         asyncio.create_task(replies.run(), name="reply-worker"),

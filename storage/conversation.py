@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -50,6 +53,25 @@ class Unhandled:
     channel_user_id: str
     channel_username: str | None
     channel_message_id: str | None = None
+    message_text: str | None = None
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    created_at: datetime | None = None
+
+
+_TABLE = ChatMessage.__table__  # type: ignore[attr-defined]
+# What `Unhandled` holds, in its order.
+_UNHANDLED = (
+    _TABLE.c.id,
+    _TABLE.c.lead_id,
+    _TABLE.c.broker_id,
+    _TABLE.c.provider,
+    _TABLE.c.channel_user_id,
+    _TABLE.c.channel_username,
+    _TABLE.c.channel_message_id,
+    _TABLE.c.message_text,
+    _TABLE.c.attachments,
+    _TABLE.c.created_at,
+)
 
 
 def _claim_statement(limit: int) -> sa.Update:
@@ -60,7 +82,7 @@ def _claim_statement(limit: int) -> sa.Update:
     SKIP LOCKED (PostgreSQL; SQLite has one writer at a time) lets concurrent
     workers take different rows instead of waiting on each other's.
     """
-    table = ChatMessage.__table__  # type: ignore[attr-defined]
+    table = _TABLE
     oldest = (
         sa.select(table.c.id)
         .where(table.c.direction == Direction.IN, table.c.handled_at.is_(None))
@@ -74,15 +96,7 @@ def _claim_statement(limit: int) -> sa.Update:
         # no longer matches, so no message is claimed twice.
         .where(table.c.id.in_(oldest), table.c.handled_at.is_(None))
         .values(handled_at=sa.bindparam("now", type_=table.c.handled_at.type))
-        .returning(
-            table.c.id,
-            table.c.lead_id,
-            table.c.broker_id,
-            table.c.provider,
-            table.c.channel_user_id,
-            table.c.channel_username,
-            table.c.channel_message_id,
-        )
+        .returning(*_UNHANDLED)
     )
 
 
@@ -114,6 +128,100 @@ async def first_inbound_ids(session: AsyncSession, lead_ids: set[int]) -> dict[i
     return {lead_id: first for lead_id, first in (await session.exec(query)).all()}
 
 
+@dataclass(frozen=True, slots=True)
+class LeadSummary:
+    id: int
+    name: str | None
+    phone: str | None
+    tags: list[str]
+
+
+async def lead_infos(session: AsyncSession, lead_ids: set[int]) -> dict[int, LeadSummary]:
+    query = select(Lead.id, Lead.name, Lead.phone, Lead.tags).where(col(Lead.id).in_(lead_ids))
+    return {row[0]: LeadSummary(*row) for row in (await session.exec(query)).all()}
+
+
 async def lead_names(session: AsyncSession, lead_ids: set[int]) -> dict[int, str | None]:
     query = select(Lead.id, Lead.name).where(col(Lead.id).in_(lead_ids))
     return {lead_id: name for lead_id, name in (await session.exec(query)).all()}
+
+
+async def peek_unhandled(session: AsyncSession, limit: int) -> list[Unhandled]:
+    """The oldest unhandled inbound rows, not claimed: a slow step (a responder) may look
+    at them before a transaction claims them by id."""
+    query = (
+        sa.select(*_UNHANDLED)
+        .where(_TABLE.c.direction == Direction.IN, _TABLE.c.handled_at.is_(None))
+        .order_by(_TABLE.c.id)
+        .limit(limit)
+    )
+    result = await (await session.connection()).execute(query)
+    return [Unhandled(*row) for row in result.all()]
+
+
+async def claim_ids(session: AsyncSession, ids: Collection[int]) -> list[Unhandled]:
+    """Mark these inbound rows handled, if no one did yet; returns those this call took."""
+    if not ids:
+        return []
+    statement = (
+        sa.update(_TABLE)
+        .where(_TABLE.c.id.in_(list(ids)), _TABLE.c.handled_at.is_(None))
+        .values(handled_at=utcnow())
+        .returning(*_UNHANDLED)
+    )
+    claimed = [Unhandled(*row) for row in (await (await session.connection()).execute(statement))]
+    claimed.sort(key=lambda message: message.id)
+    return claimed
+
+
+@dataclass(slots=True)
+class LeadReplies:
+    """What went out to one lead lately, as the reply rules need it."""
+
+    closed_replies: list[datetime] = field(default_factory=list)  # when each was queued
+    human_answers: list[datetime] = field(default_factory=list)
+    pending_open_replies: list[datetime] = field(default_factory=list)  # their send_after
+
+
+async def recent_replies(
+    session: AsyncSession, lead_ids: Collection[int], since: datetime
+) -> dict[int, LeadReplies]:
+    """Outbound rows to these leads since `since`, and their pending open replies.
+
+    A human's answer is an outbound message no rule wrote: sent through the API or
+    from the provider's own inbox (an echo). A failed one answered no one.
+    """
+    found: dict[int, LeadReplies] = {lead_id: LeadReplies() for lead_id in lead_ids}
+    if not lead_ids:
+        return found
+    query = sa.select(
+        _TABLE.c.lead_id,
+        _TABLE.c.created_at,
+        _TABLE.c.send_after,
+        _TABLE.c.status,
+        _TABLE.c.provider_metadata,
+        _TABLE.c.ai_response_used,
+    ).where(
+        _TABLE.c.lead_id.in_(list(lead_ids)),
+        _TABLE.c.direction == Direction.OUT,
+        sa.or_(_TABLE.c.created_at >= since, _TABLE.c.status == MessageStatus.PENDING),
+    )
+    for lead_id, created, send_after, status, metadata, ai in await (
+        await session.connection()
+    ).execute(query):
+        rule = (metadata or {}).get("rule")
+        replies = found[lead_id]
+        if rule == "open_reply" and status == MessageStatus.PENDING and send_after:
+            replies.pending_open_replies.append(send_after)
+        if created < since:
+            continue
+        if rule == "closed_reply":
+            replies.closed_replies.append(created)
+        elif rule is None and not ai and status != MessageStatus.FAILED:
+            replies.human_answers.append(created)
+    return found
+
+
+async def answered_by_human(session: AsyncSession, lead_id: int, since: datetime) -> bool:
+    """Whether a human answered the lead since then (see `recent_replies`)."""
+    return bool((await recent_replies(session, [lead_id], since))[lead_id].human_answers)

@@ -40,6 +40,7 @@ class QueuedMessage:
     send_after: datetime | None = None
     ai_response_used: bool = False
     provider_metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None  # the service's clock; now when not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class OutboxRow:
     created_at: datetime
     last_inbound_at: datetime | None = None  # when the chat user last wrote on this channel
     last_inbound_id: str | None = None  # the provider's id of that latest message
+    lead_id: int = 0
 
     @property
     def recipient(self) -> tuple[str, str, str]:
@@ -101,14 +103,22 @@ class Released:
     tried: bool = False
 
 
-Outcome = Sent | Failed | Retry | Released
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """A conditional message that no longer applies (a scheduled reply to a lead a human
+    has answered meanwhile): it never was a message, so its row is removed."""
+
+    id: int
+
+
+Outcome = Sent | Failed | Retry | Released | Withdrawn
 
 
 # --- queueing -----------------------------------------------------------------------
 
 
 async def enqueue(session: AsyncSession, message: QueuedMessage) -> int:
-    now = utcnow()
+    now = message.created_at or utcnow()
     row = ChatMessage(
         lead_id=message.lead_id,
         broker_id=message.broker_id,
@@ -252,6 +262,7 @@ async def due_heads(
                 *OUTBOX_COLUMNS,
                 _last_inbound().label("last_inbound_at"),
                 _last_inbound_id().label("last_inbound_id"),
+                ChatMessage.lead_id,
             )
             .where(
                 col(ChatMessage.broker_id) == broker_id,
@@ -407,6 +418,10 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
         ),
         ({}, [{"row_id": o.id} for o in outcomes if isinstance(o, Released) and o.tried]),
     ]
+    withdrawn = [{"row_id": o.id} for o in outcomes if isinstance(o, Withdrawn)]
+    if withdrawn:
+        statement = sa.delete(ChatMessage).where(still_pending)
+        await (await session.connection()).execute(statement, withdrawn)
     for values, params in updates:
         if params:
             statement = (

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from leadline.runtime.service import Service
 from leadline.storage import models as _models  # noqa: F401  (the tables of SQLModel.metadata)
 from leadline.storage.engine import make_engine, make_session_factory
 from leadline.storage.migrate import upgrade
+from leadline.storage.types import utcnow
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -206,14 +208,17 @@ async def make_app(
     """Start the real application (a loopback server) on a brokers file of the test's choosing."""
 
     async def start(
-        toml: str = DEMO_TOML, env: dict[str, str] | None = None, **settings: object
+        toml: str = DEMO_TOML,
+        env: dict[str, str] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        **settings: object,
     ) -> AppHarness:
         brokers_file = tmp_path / "brokers.toml"
         brokers_file.write_text(toml)
         settings = make_settings(database_url, brokers_file, **settings)
         registry, brokers = load_test_brokers(settings, env if env is not None else TEST_ENV)
         redactor = Redactor(brokers.secrets)
-        app = build_app(settings, brokers, registry, redactor)
+        app = build_app(settings, brokers, registry, redactor, clock)
         client = await aiohttp_client(app)  # type: ignore[operator]
         return AppHarness(client, settings, brokers)
 

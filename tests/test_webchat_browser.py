@@ -20,7 +20,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from leadline.adapters.base import StatusUpdate
 from leadline.runtime import dispatcher as dispatcher_module
 from leadline.storage.outbox import QueuedMessage, enqueue
-from tests.conftest import AppHarness, under_ci, wait_for
+from tests.conftest import DEMO_TOML, AppFactory, AppHarness, under_ci, wait_for
 from tests.helpers import rows
 
 pytestmark = [
@@ -326,3 +326,17 @@ async def test_reply_shown_live_is_delivered_even_when_marking_it_sent_is_slow(
 
     await wait_for(settled)  # the receipt was processed first, then the row marked sent
     assert await status_of(app, reply["id"]) == "delivered"
+
+
+async def test_with_read_receipts_the_visitors_message_shows_read(
+    make_app: AppFactory, context: BrowserContext
+):
+    features = "[brokers.demo.features]\ntyping_indicator = true\nread_receipts = true\n"
+    toml = DEMO_TOML.replace("[brokers.demo.templates]", features + "[brokers.demo.templates]")
+    app = await make_app(toml)
+    page = await open_chat(context, app)
+    await page.fill("#text", "Hola")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#log .msg.out")).to_have_text([WELCOME])
+    await expect(page.locator("#log .msg.in")).to_have_class("msg in read")
+    await expect(page.locator("#typing")).to_have_text("")  # the reply ended the typing

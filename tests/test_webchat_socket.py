@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import ClientWebSocketResponse
 
 from leadline.storage.outbox import QueuedMessage, enqueue
-from tests.conftest import AppHarness, wait_for
+from tests.conftest import DEMO_TOML, AppFactory, AppHarness, wait_for
 from tests.helpers import rows
 
 VISITOR = "visitor-abcdefgh1234"
@@ -147,3 +147,38 @@ async def test_two_visitors_never_see_each_others_messages(app: AppHarness):
     assert (await receive(second, "history"))["messages"] == []
     await first.close()
     await second.close()
+
+
+FEATURES = "[brokers.demo.features]\ntyping_indicator = true\nread_receipts = true\n"
+
+
+async def test_with_the_features_on_the_page_is_told_typing_then_read(make_app: AppFactory):
+    app = await make_app(
+        DEMO_TOML.replace("[brokers.demo.templates]", FEATURES + "[brokers.demo.templates]")
+    )
+    ws = await connect(app)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    frames = []
+    while len({f["type"] for f in frames} & {"typing", "message", "read"}) < 3:
+        frames.append(await asyncio.wait_for(ws.receive_json(), 10))
+    kinds = [f["type"] for f in frames]
+    assert kinds.index("typing") < kinds.index("message")  # typing shows before the reply
+    assert next(f for f in frames if f["type"] == "read")["id"] == "client-msg-0001"
+    await ws.close()
+
+
+async def test_without_the_features_no_typing_or_read_frame(app: AppHarness):
+    ws = await connect(app)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    await receive(ws, "message")
+    await asyncio.sleep(0.3)
+    extra = []
+    while True:
+        try:
+            extra.append(await asyncio.wait_for(ws.receive_json(), 0.2))
+        except TimeoutError:
+            break
+    assert {f["type"] for f in extra} <= {"ack"}
+    await ws.close()

@@ -62,7 +62,7 @@ class FrameError(ValueError):
 class WebchatAdapter(Adapter):
     name = "webchat"
     config_model = WebchatConfig
-    capabilities = Capabilities(webhooks=False)
+    capabilities = Capabilities(webhooks=False, typing_indicator=True, mark_read=True)
     public_routes = (
         PublicRoute("GET", "", "serve_page"),
         PublicRoute("GET", "/ws", "serve_socket"),
@@ -199,13 +199,23 @@ class WebchatAdapter(Adapter):
             "status": MessageStatus.SENT.value,
             "created_at": datetime.now(UTC).isoformat(),
         }
-        for ws in list(self._sockets.get(message.channel_user_id, ())):
+        await self._tell(message.channel_user_id, frame)
+        return SendResult(channel_message_id=message.ref)
+
+    async def send_typing(self, message: OutboundMessage) -> None:
+        await self._tell(message.channel_user_id, {"type": "typing"})
+
+    async def mark_read(self, channel_user_id: str, channel_message_id: str) -> None:
+        await self._tell(channel_user_id, {"type": "read", "id": channel_message_id})
+
+    async def _tell(self, visitor: str, frame: dict[str, Any]) -> None:
+        """A frame to every open page of the visitor; a page that is gone misses it (the
+        next history frame carries what matters)."""
+        for ws in list(self._sockets.get(visitor, ())):
             try:
                 await ws.send_json(frame)
             except (ConnectionError, RuntimeError):
-                # The socket is closing; the next history frame carries the reply.
                 continue
-        return SendResult(channel_message_id=message.ref)
 
     def connected(self, visitor: str) -> int:
         return len(self._sockets.get(visitor, ()))
