@@ -77,7 +77,7 @@ def load_brokers_file(
         return _failed(f"cannot read {str(path)!r}: {exc.__class__.__name__}")
     except tomllib.TOMLDecodeError as exc:
         return _failed(f"{path}: invalid TOML: {exc}")
-    return load_brokers(raw, provider_models, env)
+    return load_brokers(raw, provider_models, env, config_dir=path.parent)
 
 
 def _failed(message: str) -> BrokersFile:
@@ -88,7 +88,9 @@ def load_brokers(
     raw: Mapping[str, Any],
     provider_models: Mapping[str, type[ProviderConfig]],
     env: Mapping[str, str],
+    config_dir: Path | None = None,
 ) -> BrokersFile:
+    """`config_dir`: where relative paths in the file (an `ical` calendar) start from."""
     issues: list[ConfigIssue] = [
         ConfigIssue("unknown top-level table; only [brokers.ID] tables belong here", key=key)
         for key in raw
@@ -101,7 +103,9 @@ def load_brokers(
     invalid: set[str] = set()
     secrets: set[str] = set()
     for broker_id, table in tables.items():
-        broker, broker_issues, used = _load_broker(broker_id, table, provider_models, env)
+        broker, broker_issues, used = _load_broker(
+            broker_id, table, provider_models, env, config_dir
+        )
         issues.extend(broker_issues)
         secrets |= used
         if broker is None:
@@ -116,6 +120,7 @@ def _load_broker(
     table: Any,
     provider_models: Mapping[str, type[ProviderConfig]],
     env: Mapping[str, str],
+    config_dir: Path | None = None,
 ) -> tuple[BrokerConfig | None, list[ConfigIssue], set[str]]:
     if not re.fullmatch(BROKER_ID_PATTERN, broker_id):
         return None, [ConfigIssue("broker ids use only a-z, 0-9 and '-'", broker=broker_id)], set()
@@ -135,7 +140,10 @@ def _load_broker(
         issue = ConfigIssue("must be a table", broker=broker_id, key="providers")
         return None, [issue], resolver.secrets
     try:
-        parsed = BrokerTable.model_validate({**resolved, "providers": providers_raw})
+        parsed = BrokerTable.model_validate(
+            {**resolved, "providers": providers_raw},
+            context={"config_dir": config_dir} if config_dir is not None else None,
+        )
     except ValidationError as exc:
         return None, _issues_from(exc, broker_id, None), resolver.secrets
     issues = _cross_checks(broker_id, parsed, provider_models)

@@ -418,3 +418,33 @@ api_base = "{base}"
         await wait_for(morning)
         assert {m.to for m in number.sent[3:]} == {"+16505551234", "+16505550002"}
         assert all(m.text and m.text.startswith("Good morning") for m in number.sent[3:])
+
+
+def test_hours_command_reads_an_ical_file_beside_brokers_toml(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leadline.adapters.registry import discover
+    from leadline.config.loader import load_brokers_file
+    from leadline.runtime.cli import main
+
+    (tmp_path / "closed.ics").write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:xmas@test\r\nDTSTAMP:20260101T000000Z\r\n"
+        "DTSTART;VALUE=DATE:20261225\r\nRRULE:FREQ=YEARLY\r\nSUMMARY:Christmas\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    brokers = tmp_path / "brokers.toml"
+    brokers.write_text(
+        '[brokers.demo]\nname = "Demo Realty"\ntimezone = "America/Argentina/Buenos_Aires"\n'
+        '[brokers.demo.business_hours]\nalways_open = true\nical = "closed.ics"\n'
+    )
+    monkeypatch.chdir(tmp_path.parent)  # relative to brokers.toml, not to the working directory
+    loaded = load_brokers_file(brokers, discover(use_entry_points=False).config_models(), {})
+    calendar = loaded.brokers["demo"].calendar
+    noon = {day: datetime(2026, 12, day, 15, 0, tzinfo=UTC) for day in (24, 25, 26)}
+    assert [calendar.is_open(t) for t in noon.values()] == [True, False, True]
+    assert not calendar.is_open(datetime(2027, 12, 25, 15, 0, tzinfo=UTC))  # every year
+    assert main(["--brokers", str(brokers), "hours", "demo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Demo Realty (demo), times in America/Argentina/Buenos_Aires"
+    assert len(lines) == 9 and lines[-1].startswith(("open now", "closed now"))
