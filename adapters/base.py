@@ -230,6 +230,9 @@ class Capabilities:
     # The provider reports the account's sends back (OutboundEcho): a send's own id
     # replaces an echo of it that was stored first.
     echoes: bool = False
+    # At most this many messages after each message of the user (TikTok: 10); the
+    # dispatcher counts and fails the next one at once.
+    reply_quota: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from leadline.storage.outbox import (
     next_due_at,
     pause_channel,
     record,
+    sent_since,
     unroutable,
 )
 from leadline.storage.types import utcnow
@@ -254,6 +255,8 @@ class Dispatcher:
         message = _outbound(row)
         if message.template is not None and not adapter.capabilities.templates:
             return self._failed(row, f"{row.provider} cannot send message templates")
+        if (over := await self._over_quota(adapter, row)) is not None:
+            return self._failed(row, over)
         # Typing first: nothing may come between passing the limits and the send.
         if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
             await _show_typing(adapter, message)
@@ -275,6 +278,20 @@ class Dispatcher:
         metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
         echoed_on = channel.key if adapter.capabilities.echoes else None
         return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on)
+
+    async def _over_quota(self, adapter: Adapter, row: OutboxRow) -> str | None:
+        """Why the provider would refuse one more message to this user now, if it would."""
+        quota = adapter.capabilities.reply_quota
+        if quota is None:
+            return None
+        async with self._sessions() as session:
+            sent = await sent_since(session, row.recipient, row.last_inbound_at)
+        if sent < quota:
+            return None
+        return (
+            f"reply_quota: {row.provider} allows {quota} messages after each message of the "
+            f"user; {sent} went since the user last wrote"
+        )
 
     async def _answered(self, row: OutboxRow) -> bool:
         async with self._sessions() as session:

@@ -472,6 +472,25 @@ async def mark_sent(
     await record(session, [Sent(message_id, channel_message_id, status)])
 
 
+async def sent_since(
+    session: AsyncSession, recipient: tuple[str, str, str], since: datetime | None
+) -> int:
+    """How many messages went to this chat since then (all of them when `since` is None)."""
+    broker_id, provider, user = recipient
+    query = sa.select(sa.func.count()).where(
+        col(ChatMessage.broker_id) == broker_id,
+        col(ChatMessage.provider) == provider,
+        col(ChatMessage.channel_user_id) == user,
+        col(ChatMessage.direction) == Direction.OUT,
+        col(ChatMessage.status).in_(
+            [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ]
+        ),
+    )
+    if since is not None:
+        query = query.where(col(ChatMessage.sent_at) >= since)
+    return (await (await session.connection()).execute(query)).scalar_one()
+
+
 # --- pauses of a whole channel -------------------------------------------------------------
 
 
