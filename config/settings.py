@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     send_max_attempts: int = Field(default=12, ge=1)
     send_max_age_hours: float = Field(default=24.0, gt=0)
 
+    @field_validator("plugins_dir", mode="before")
+    @classmethod
+    def _no_folder_when_empty(cls, value: object) -> object:
+        # `LEADLINE_PLUGINS_DIR=` means no plugins folder, not the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -16,6 +16,7 @@ from aiohttp import web
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
+from leadline.adapters import conformance
 from leadline.adapters.registry import Registry, discover
 from leadline.config.brokers import BrokersFile
 from leadline.config.loader import load_brokers_file
@@ -212,6 +213,37 @@ def cmd_adapters(settings: Settings) -> int:
     return 0
 
 
+def cmd_adapters_check(settings: Settings, name: str) -> int:
+    """Run the conformance suite on one adapter, with the kit its module defines."""
+    registry = discover(settings.plugins_dir)
+    entry = registry.entries.get(name)
+    if entry is None:
+        print(f"error: no adapter {name!r} found (`leadline adapters` lists them)", file=sys.stderr)
+        return 2
+    # A module entry point, a plugin file or a class entry point: the kit sits beside the
+    # class, in the module that defines it.
+    module = sys.modules.get(entry.adapter.__module__)
+    make_kit = getattr(module, "conformance_kit", None)
+    if not callable(make_kit):
+        print(
+            f"error: adapter {name!r} has no conformance kit: its module "
+            f"{entry.adapter.__module__} ({entry.origin}) defines no conformance_kit() "
+            "(docs/adapters.md)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        kit = make_kit()
+    except Exception as exc:
+        print(f"error: conformance_kit() of {name!r} failed: {exc!r}", file=sys.stderr)
+        return 2
+    failures = dict(asyncio.run(conformance.run(kit)))
+    for check in conformance.CHECKS:
+        reason = failures.get(check.__name__)
+        print(f"{check.__name__:<30} {'ok' if reason is None else f'FAILED: {reason}'}")
+    return 1 if failures else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="leadline", description=__doc__)
     top.add_argument("--brokers", type=Path, help="brokers file (default: LEADLINE_BROKERS_FILE)")
@@ -233,7 +265,11 @@ def parser() -> argparse.ArgumentParser:
     db.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", help="apply the migrations"
     )
-    commands.add_parser("adapters", help="list the adapters found and where from")
+    adapters = commands.add_parser("adapters", help="list the adapters found and where from")
+    adapters_check = adapters.add_subparsers(dest="adapters_command").add_parser(
+        "check", help="run the conformance suite on an adapter with its conformance_kit()"
+    )
+    adapters_check.add_argument("adapter", help="the adapter's name, e.g. postbox")
     hours = commands.add_parser("hours", help="a broker's opening hours this week")
     hours.add_argument("broker", help="the broker id")
     status = commands.add_parser(
@@ -259,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": lambda s: cmd_check(s, online=args.online),
         "webhooks": lambda s: cmd_webhooks_subscribe(s, args.broker, args.provider),
         "db": cmd_db_upgrade,
-        "adapters": cmd_adapters,
+        "adapters": lambda s: (
+            cmd_adapters_check(s, args.adapter) if args.adapters_command else cmd_adapters(s)
+        ),
         "hours": lambda s: cmd_hours(s, args.broker),
         "status": lambda s: cmd_status(s, as_json=args.json),
     }

@@ -188,8 +188,7 @@ def make_settings(database_url: str, brokers_file: Path, **overrides: object) ->
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
         brokers_file=brokers_file,
-        plugins_dir=PLUGINS,
-        **overrides,
+        **{"plugins_dir": PLUGINS, **overrides},
     )
 
 

@@ -55,6 +55,16 @@ BASE = 0.2  # the backoff base of these tests, in seconds
 SETTLE_TIMEOUT = 15.0  # generous: a busy machine must not fail a test, only a wrong engine
 
 
+@pytest.fixture(autouse=True)
+def tuned_gc() -> Iterator[None]:
+    """The collector as `leadline run` tunes it (runtime/gc_tuning.py): rates and delays
+    measured late in a long test session must not be those of old-generation pauses."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 def brokers_toml(api_base: str, demo_rate: str | None, typing: bool) -> str:
     rate = f"\n[brokers.demo.rate_limits]\ntelegram = {{ {demo_rate} }}\n" if demo_rate else ""
     return f"""
@@ -244,18 +254,8 @@ async def test_each_chat_gets_every_message_once_in_queue_order_one_call_at_a_ti
 # --- 2. and 3. rate limits, measured at the API ---------------------------------------------
 
 
-@pytest.fixture
-def tuned_gc() -> Iterator[None]:
-    """The collector as `leadline run` tunes it (runtime/gc_tuning.py): a rate measured
-    over 3 s late in a long test session must not be one of old-generation pauses."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
 async def test_channel_rate_measured_at_the_api_is_the_configured_20_per_second(
-    start_line: LineFactory, tuned_gc: None
+    start_line: LineFactory,
 ):
     line = await start_line(demo_rate="messages_per_second = 20")
     await warm_up(line)

@@ -151,3 +151,8 @@ def test_invalid_public_url_raises_validation_error(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_an_empty_plugins_dir_means_no_plugins_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADLINE_PLUGINS_DIR", "")
+    assert Settings(_env_file=None).plugins_dir is None  # type: ignore[call-arg]

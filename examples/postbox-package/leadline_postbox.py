@@ -1,0 +1,1 @@
+../postbox_adapter.py
