@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from leadline.config.calendar import BusinessCalendar, BusinessHoursConfig, check_iana_zone
 from leadline.config.providers import ProviderConfig
@@ -62,6 +71,23 @@ class KeywordRule(_Strict):
 RESPONDER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
+class EventsConfig(_Strict):
+    """`[brokers.X.events]`: where the broker's CRM takes events, and the signing secret."""
+
+    url: AnyHttpUrl
+    secret: SecretStr = Field(min_length=16)
+
+
+def _api_key(value: SecretStr) -> SecretStr:
+    # Keys come from the environment: a short one is guessable. Never quoted back.
+    if len(value.get_secret_value()) < 24:
+        raise ValueError("an API key must be at least 24 characters")
+    return value
+
+
+ApiKey = Annotated[SecretStr, AfterValidator(_api_key)]
+
+
 class RateLimitConfig(_Strict):
     messages_per_second: float | None = Field(default=None, gt=0)
     messages_per_minute: float | None = Field(default=None, gt=0)
@@ -88,6 +114,8 @@ class BrokerTable(_Strict):
     # A Python callable ("package.module:function") that may answer a message itself.
     responder: str | None = Field(default=None, pattern=RESPONDER_PATTERN)
     responder_timeout: float = Field(default=10.0, gt=0, le=120)
+    api_keys: tuple[ApiKey, ...] = ()  # the CRM's keys for /api/v1; none: the API is off
+    events: EventsConfig | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -131,6 +159,8 @@ class BrokerConfig:
     keywords: tuple[KeywordRule, ...] = ()
     responder: str | None = None
     responder_timeout: float = 10.0
+    api_keys: tuple[SecretStr, ...] = ()
+    events: EventsConfig | None = None
     # When the broker is open: always, without a business_hours table.
     calendar: BusinessCalendar = field(init=False, compare=False)
 

@@ -146,6 +146,10 @@ def _load_broker(
         )
     except ValidationError as exc:
         return None, _issues_from(exc, broker_id, None), resolver.secrets
+    # Keys written in the file itself must be masked in logs too.
+    resolver.secrets |= {key.get_secret_value() for key in parsed.api_keys}
+    if parsed.events is not None:
+        resolver.secrets.add(parsed.events.secret.get_secret_value())
     issues = _cross_checks(broker_id, parsed, provider_models)
     if issues:
         return None, issues, resolver.secrets
@@ -175,6 +179,8 @@ def _load_broker(
         keywords=parsed.keywords,
         responder=parsed.responder,
         responder_timeout=parsed.responder_timeout,
+        api_keys=parsed.api_keys,
+        events=parsed.events,
     )
     return broker, issues, resolver.secrets
 

@@ -27,6 +27,7 @@ from leadline.runtime.http import build_app
 from leadline.runtime.logs import Redactor, configure_logging
 from leadline.runtime.online import Finding, check_online, subscribe
 from leadline.runtime.responder import ResponderError, load_responder
+from leadline.storage.crm_events import EventCounts, event_counts
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.engine import DatabaseUrlError, make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import current_revision, upgrade
@@ -159,19 +160,20 @@ def cmd_db_upgrade(settings: Settings) -> int:
 
 
 def cmd_status(settings: Settings, as_json: bool = False) -> int:
-    """The outbox per broker and provider, read from the database the service uses."""
+    """The outbox per broker and provider, and the CRM events per broker, read from the
+    database the service uses."""
     _, brokers = load(settings)
 
-    async def read() -> dict[tuple[str, str], DeliveryCounts]:
+    async def read() -> tuple[dict[tuple[str, str], DeliveryCounts], dict[str, EventCounts]]:
         engine = make_engine(settings.database_url)
         try:
             async with make_session_factory(engine)() as session:
-                return await delivery_counts(session, utcnow())
+                return await delivery_counts(session, utcnow()), await event_counts(session)
         finally:
             await engine.dispose()
 
     try:
-        counts = asyncio.run(read())
+        counts, events = asyncio.run(read())
     except sa.exc.DBAPIError as exc:
         print(
             f"error: cannot read the outbox ({exc.__class__.__name__}); "
@@ -181,10 +183,9 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
         return 2
     keys = {(b.id, p) for b in brokers.brokers.values() for p in [*b.providers, *b.disabled]}
     table = {key: counts.get(key, DeliveryCounts()) for key in sorted(keys | set(counts))}
+    crm = {b.id: events.get(b.id, EventCounts()) for b in brokers.brokers.values() if b.events}
     if as_json:
-        print(
-            json.dumps([{"broker": b, "provider": p, **c.as_json()} for (b, p), c in table.items()])
-        )
+        print(json.dumps([_status_json(b, p, c, crm.get(b)) for (b, p), c in table.items()]))
         return 0
     print(STATUS_HEADER)
     for (broker_id, provider), found in table.items():
@@ -195,7 +196,25 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
             f"{broker_id:<16} {provider:<10} {found.queued:>7} {found.retrying:>9} "
             f"{found.in_flight:>9} {found.sent_last_hour:>8} {found.failed_last_hour:>9}  {pause}"
         )
+    if crm:
+        print(f"\n{'BROKER':<16} {'CRM EVENTS':>10} {'FAILING':>8}  LAST ERROR")
+        for broker_id, found in sorted(crm.items()):
+            error = found.last_error or "-"
+            print(f"{broker_id:<16} {found.pending:>10} {found.failing:>8}  {error}")
     return 0
+
+
+def _status_json(
+    broker: str, provider: str, counts: DeliveryCounts, crm: EventCounts | None
+) -> dict[str, object]:
+    found: dict[str, object] = {"broker": broker, "provider": provider, **counts.as_json()}
+    if crm is not None:
+        found["crm_events"] = {
+            "pending": crm.pending,
+            "failing": crm.failing,
+            "last_error": crm.last_error,
+        }
+    return found
 
 
 STATUS_HEADER = (

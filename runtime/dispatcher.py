@@ -41,6 +41,7 @@ from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
+from leadline.storage import crm_events
 from leadline.storage.conversation import answered_by_human
 from leadline.storage.leads import rekey_channel
 from leadline.storage.messages import settle_early_statuses
@@ -107,6 +108,7 @@ class Dispatcher:
         clock: Callable[[], datetime] = utcnow,
         options: DeliveryOptions | None = None,
         gates: Gates | None = None,
+        events_for: frozenset[str] = frozenset(),
     ) -> None:
         self._sessions = sessions
         self._channels = channels
@@ -116,6 +118,7 @@ class Dispatcher:
         self._policy = policy or self._options.policy
         self._clock = clock
         self._gates = gates or Gates()
+        self._events_for = events_for  # brokers whose CRM hears of sends and failures
         self._writer: GroupCommit[_Take | Outcome, _Taken | None] = GroupCommit(
             sessions, self._write, "outbox-writer"
         )
@@ -182,7 +185,11 @@ class Dispatcher:
         """Every outbox write of this dispatcher, in one task: outcomes (freeing their
         chats) first, then the taking of new heads. No two of its transactions ever
         wait for each other's lock."""
-        await record(session, [i for i in items if not isinstance(i, _Take)])
+        outcomes = [i for i in items if not isinstance(i, _Take)]
+        await record(session, outcomes)
+        if self._events_for:
+            ended = [o.id for o in outcomes if isinstance(o, Sent | Failed)]
+            await crm_events.emit(session, ended, crm_events.STATUS, self._events_for)
         return [await self._take(session, i) if isinstance(i, _Take) else None for i in items]
 
     async def _take(self, session: AsyncSession, take: _Take) -> _Taken:

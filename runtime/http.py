@@ -18,17 +18,18 @@ from leadline.adapters.base import Adapter, HttpReply, PublicRoute, RequestRejec
 from leadline.adapters.registry import Registry
 from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
+from leadline.runtime.api import openapi
+from leadline.runtime.api import routes as api
 from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import PipelineStopped
 from leadline.runtime.routing import route as route_events
-from leadline.runtime.service import Service, open_service
+from leadline.runtime.service import SERVICE, Service, open_service
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
-SERVICE = web.AppKey("service", Service)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,6 +71,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/webhooks/{broker_id}/{provider}", webhook_post)
     app.router.add_get("/webhooks/{broker_id}/{provider}", webhook_get)
+    api.add_routes(app)
+    app.router.add_get(f"{api.PREFIX}/openapi.json", openapi.serve)
     for entry in registry.entries.values():
         for route in entry.adapter.public_routes:
             path = f"/{entry.name}/{{broker_id}}{route.suffix}"

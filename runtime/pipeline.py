@@ -25,6 +25,7 @@ from leadline.adapters.base import (
 )
 from leadline.runtime.batching import GroupCommit
 from leadline.runtime.sanitize import clean_events
+from leadline.storage import crm_events
 from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity
 from leadline.storage.messages import (
@@ -50,6 +51,7 @@ class IngestOutcome:
     statuses_kept: int = 0
     edits: int = 0
     notices: int = 0
+    moved: list[int] = field(default_factory=list)  # outbound rows whose status moved
 
 
 def _identity(
@@ -129,8 +131,11 @@ class InboundPipeline:
         sessions: async_sessionmaker[AsyncSession],
         on_stored: Callable[[], None],
         max_batch: int = 500,
+        events_for: frozenset[str] = frozenset(),
     ) -> None:
         self._on_stored = on_stored
+        # Brokers whose CRM takes events: theirs are written with what they report.
+        self._events_for = events_for
         self._writer: GroupCommit[_Delivery, IngestOutcome] = GroupCommit(
             sessions,
             self._store,
@@ -189,7 +194,21 @@ class InboundPipeline:
         for delivery, outcome in zip(batch, outcomes, strict=True):
             await self._apply_others(session, delivery, outcome)
             outcome.notices = await _store_notices(session, delivery)
+        if self._events_for:
+            await self._emit(session, batch, outcomes)
         return outcomes
+
+    async def _emit(
+        self, session: AsyncSession, batch: Sequence[_Delivery], outcomes: Sequence[IngestOutcome]
+    ) -> None:
+        """The CRM events of what this transaction stored and moved, in the same transaction."""
+        wanted = [
+            o for d, o in zip(batch, outcomes, strict=True) if d.broker_id in self._events_for
+        ]
+        stored = [i for o in wanted for i in o.stored]
+        moved = [i for o in wanted for i in o.moved]
+        await crm_events.emit(session, stored, crm_events.MESSAGE, self._events_for)
+        await crm_events.emit(session, moved, crm_events.STATUS, self._events_for)
 
     async def _apply_others(
         self, session: AsyncSession, delivery: _Delivery, outcome: IngestOutcome
@@ -211,7 +230,7 @@ class InboundPipeline:
                     event.status,
                     event.error,
                 )
-                result = await apply_status(session, change)
+                result = await apply_status(session, change, outcome.moved)
                 if result == StatusOutcome.APPLIED:
                     outcome.statuses_applied += 1
                 elif result == StatusOutcome.KEPT:
@@ -224,7 +243,7 @@ class InboundPipeline:
                     event.status,
                     event.up_to,
                 )
-                outcome.statuses_applied += await apply_watermark(session, mark)
+                outcome.statuses_applied += await apply_watermark(session, mark, outcome.moved)
 
 
 async def _store_notices(session: AsyncSession, delivery: _Delivery) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -16,6 +17,7 @@ from leadline.adapters.registry import Registry
 from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
 from leadline.runtime.channels import Channels, ChannelState
+from leadline.runtime.crm_sender import CrmSender
 from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
@@ -89,6 +91,9 @@ class Service:
         await self.engine.dispose()
 
 
+# Where the aiohttp application keeps the running service.
+SERVICE = web.AppKey("service", Service)
+
 WORKERS = frozenset({"reply-worker", "dispatcher"})
 
 
@@ -152,7 +157,14 @@ async def open_service(
         raise
     public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
     channels = Channels.build(brokers, registry, public_url)
-    dispatcher = Dispatcher(sessions, channels, clock=clock, options=delivery_options(settings))
+    crm = CrmSender(sessions, brokers.brokers, clock)
+    dispatcher = Dispatcher(
+        sessions,
+        channels,
+        clock=clock,
+        options=delivery_options(settings),
+        events_for=crm.brokers,
+    )
     receipts = ReadReceipts(channels)
     replies = ReplyWorker(
         sessions,
@@ -162,7 +174,12 @@ async def open_service(
         clock=clock,
     )
     scheduler = OpeningScheduler(brokers.brokers, dispatcher.wake, clock)
-    pipeline = InboundPipeline(sessions, on_stored=replies.wake)
+
+    def stored() -> None:
+        replies.wake()
+        crm.wake()
+
+    pipeline = InboundPipeline(sessions, on_stored=stored, events_for=crm.brokers)
     service = Service(
         settings,
         brokers,
@@ -184,6 +201,7 @@ async def open_service(
         asyncio.create_task(replies.run(), name="reply-worker"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(receipts.run(), name="read-receipts"),
+        asyncio.create_task(crm.run(), name="crm-events"),
     ]
     service._tasks.extend(
         asyncio.create_task(supervise(c, service.inbox(*c.key)), name=f"channel {c.key}")

@@ -101,8 +101,11 @@ class Watermark:
     up_to: datetime
 
 
-async def apply_watermark(session: AsyncSession, mark: Watermark) -> int:
-    """Move forward every message sent to the user up to the watermark; returns how many.
+async def apply_watermark(
+    session: AsyncSession, mark: Watermark, changed: list[int] | None = None
+) -> int:
+    """Move forward every message sent to the user up to the watermark; returns how many
+    (and adds their ids to `changed`).
 
     Our `sent_at` is taken after the provider answered, so it trails the provider's
     own time for the message by the call's latency: a second of slack keeps the last
@@ -120,8 +123,12 @@ async def apply_watermark(session: AsyncSession, mark: Watermark) -> int:
             col(ChatMessage.sent_at) <= mark.up_to + WATERMARK_SLACK,
         )
         .values(status=mark.status, updated_at=utcnow())
+        .returning(ChatMessage.id)
     )
-    return result.rowcount
+    ids = [row[0] for row in result.all()]
+    if changed is not None:
+        changed.extend(ids)
+    return len(ids)
 
 
 WATERMARK_SLACK = timedelta(seconds=1)
@@ -138,9 +145,15 @@ class StatusOutcome(enum.StrEnum):
     KEPT = "kept"  # no message has that id yet: kept for when one does
 
 
-async def apply_status(session: AsyncSession, change: StatusChange) -> StatusOutcome:
-    """Move an outbound message forward, never back; keep a report for an unknown id."""
-    if await _advance(session, change):
+async def apply_status(
+    session: AsyncSession, change: StatusChange, changed: list[int] | None = None
+) -> StatusOutcome:
+    """Move an outbound message forward, never back; keep a report for an unknown id.
+    The ids of the rows that moved are added to `changed`."""
+    moved = await _advance(session, change)
+    if moved:
+        if changed is not None:
+            changed.extend(moved)
         return StatusOutcome.APPLIED
     known = await session.exec(
         select(ChatMessage.id).where(
@@ -165,7 +178,7 @@ async def apply_status(session: AsyncSession, change: StatusChange) -> StatusOut
     return StatusOutcome.KEPT
 
 
-async def _advance(session: AsyncSession, change: StatusChange) -> bool:
+async def _advance(session: AsyncSession, change: StatusChange) -> list[int]:
     values: dict[str, Any] = {"status": change.status, "updated_at": utcnow()}
     if change.error is not None:
         values["error"] = change.error
@@ -179,8 +192,9 @@ async def _advance(session: AsyncSession, change: StatusChange) -> bool:
             col(ChatMessage.status).in_(statuses_before(change.status)),
         )
         .values(**values)
+        .returning(ChatMessage.id)
     )
-    return result.rowcount > 0
+    return [row[0] for row in result.all()]
 
 
 async def apply_early_statuses(

@@ -57,7 +57,14 @@ class Lead(SQLModel, table=True):
         sa_type=PortableJSON,
         sa_column_kwargs={"nullable": False, "server_default": "[]"},
     )
+    # What Leadline knows besides: the id a lead had in an imported legacy system, …
+    lead_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "{}"},
+    )
     created_at: datetime = _created()
+    updated_at: datetime = _created()  # the lead's own fields (name, phone, tags, merges)
 
 
 class LeadChannel(SQLModel, table=True):
@@ -203,3 +210,77 @@ class ProviderNoticeRow(SQLModel, table=True):
         sa_column_kwargs={"nullable": False, "server_default": "{}"},
     )
     created_at: datetime = _created()
+
+
+class LeadMerge(SQLModel, table=True):
+    """Two leads of a broker made one, on request: never automatic, always recorded."""
+
+    __tablename__ = "lead_merges"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    broker_id: str = Field(max_length=64)
+    into_lead_id: int = Field(sa_type=BigId, index=True)
+    from_lead_id: int = Field(sa_type=BigId)
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_type=PortableJSON,
+        sa_column_kwargs={"nullable": False, "server_default": "{}"},
+    )
+    created_at: datetime = _created()
+
+
+class ApiIdempotencyKey(SQLModel, table=True):
+    """An `Idempotency-Key` of the HTTP API, and the message it queued."""
+
+    __tablename__ = "api_idempotency_keys"
+
+    broker_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)  # the same key with another body is refused
+    message_id: int = Field(sa_type=BigId)
+    created_at: datetime = _created()
+
+
+UNDELIVERED = sa.text("delivered_at IS NULL")
+
+
+class CrmEvent(SQLModel, table=True):
+    """One event for a broker's CRM (`[brokers.X.events]`): a stored message or a status
+    change, POSTed in order per lead until the CRM takes it."""
+
+    __tablename__ = "crm_events"
+    __table_args__ = (
+        sa.Index(
+            "ix_crm_events_undelivered",
+            "broker_id",
+            "lead_id",
+            "id",
+            sqlite_where=UNDELIVERED,
+            postgresql_where=UNDELIVERED,
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    broker_id: str = Field(max_length=64)
+    lead_id: int = Field(sa_type=BigId)
+    kind: str = Field(max_length=32)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=PortableJSON)
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0", "nullable": False})
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None
+    created_at: datetime = _created()
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class LegacyImport(SQLModel, table=True):
+    """How far an import of a legacy table got: a second run resumes from here."""
+
+    __tablename__ = "legacy_imports"
+
+    source: str = Field(primary_key=True, max_length=255)  # the legacy database and table
+    broker_id: str = Field(primary_key=True, max_length=64)
+    last_legacy_id: int = Field(default=0, sa_type=sa.BigInteger())
+    imported: int = Field(default=0, sa_column_kwargs={"server_default": "0", "nullable": False})
+    skipped: int = Field(default=0, sa_column_kwargs={"server_default": "0", "nullable": False})
+    updated_at: datetime = _created()

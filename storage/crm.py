@@ -1,0 +1,231 @@
+"""What a broker's CRM reads and changes through the HTTP API: leads, their channels and
+messages, merges, and the API's idempotency keys. Every query names its broker: one
+broker never sees another's rows, whatever id it asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from leadline.config.vocabulary import Direction
+from leadline.storage.dialect import insert_ignoring_conflicts
+from leadline.storage.models import (
+    ApiIdempotencyKey,
+    ChatMessage,
+    CrmEvent,
+    Lead,
+    LeadChannel,
+    LeadMerge,
+)
+from leadline.storage.types import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class LeadFilter:
+    provider: str | None = None
+    tag: str | None = None
+    text: str | None = None  # in the name, the phone, a channel's username or id
+    updated_since: datetime | None = None  # the lead changed, or a message came or went
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    provider: str | None = None
+    direction: Direction | None = None
+
+
+@dataclass(slots=True)
+class LeadView:
+    lead: Lead
+    channels: list[LeadChannel] = field(default_factory=list)
+
+
+# --- leads ----------------------------------------------------------------------------------
+
+
+async def list_leads(
+    session: AsyncSession, broker_id: str, where: LeadFilter, after_id: int, limit: int
+) -> list[Lead]:
+    """A page of the broker's leads in id order, after `after_id`."""
+    query = select(Lead).where(col(Lead.broker_id) == broker_id, col(Lead.id) > after_id)
+    if where.provider is not None:
+        query = query.where(_has_channel(col(LeadChannel.provider) == where.provider))
+    if where.tag is not None:
+        query = query.where(_has_tag(session, where.tag))
+    if where.text:
+        query = query.where(_matches(where.text))
+    if where.updated_since is not None:
+        query = query.where(_changed_since(where.updated_since))
+    query = query.order_by(col(Lead.id)).limit(limit)
+    return list((await session.exec(query)).all())
+
+
+async def get_lead(session: AsyncSession, broker_id: str, lead_id: int) -> LeadView | None:
+    lead = (
+        await session.exec(
+            select(Lead).where(col(Lead.broker_id) == broker_id, col(Lead.id) == lead_id)
+        )
+    ).first()
+    if lead is None:
+        return None
+    channels = await session.exec(
+        select(LeadChannel).where(col(LeadChannel.lead_id) == lead_id).order_by(col(LeadChannel.id))
+    )
+    return LeadView(lead, list(channels.all()))
+
+
+async def update_lead(
+    session: AsyncSession, broker_id: str, lead_id: int, changes: dict[str, Any]
+) -> LeadView | None:
+    view = await get_lead(session, broker_id, lead_id)
+    if view is None:
+        return None
+    for name, value in changes.items():
+        setattr(view.lead, name, value)
+    view.lead.updated_at = utcnow()
+    session.add(view.lead)
+    await session.flush()
+    return view
+
+
+async def merge_leads(
+    session: AsyncSession, broker_id: str, into_id: int, from_id: int
+) -> LeadView | None:
+    """Make `from_id` part of `into_id`: its channels, messages and events move, its
+    tags join, its name and phone fill what `into_id` lacks; the merge is recorded and
+    `from_id` is gone. None if either lead is not the broker's."""
+    into = await get_lead(session, broker_id, into_id)
+    gone = await get_lead(session, broker_id, from_id)
+    if into is None or gone is None:
+        return None
+    before = {"name": gone.lead.name, "phone": gone.lead.phone, "tags": gone.lead.tags}
+    for table in (LeadChannel, ChatMessage, CrmEvent):
+        await session.exec(
+            sa.update(table).where(col(table.lead_id) == from_id).values(lead_id=into_id)
+        )
+    lead = into.lead
+    lead.tags = list(dict.fromkeys([*lead.tags, *gone.lead.tags]))
+    lead.name = lead.name or gone.lead.name
+    lead.phone = lead.phone or gone.lead.phone
+    lead.lead_metadata = {**gone.lead.lead_metadata, **lead.lead_metadata}
+    lead.updated_at = utcnow()
+    session.add(lead)
+    session.add(
+        LeadMerge(
+            broker_id=broker_id,
+            into_lead_id=into_id,
+            from_lead_id=from_id,
+            details={"from": {**before, "metadata": gone.lead.lead_metadata}},
+        )
+    )
+    await session.delete(gone.lead)
+    await session.flush()
+    return await get_lead(session, broker_id, into_id)
+
+
+def _has_channel(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    return (
+        select(LeadChannel.id).where(col(LeadChannel.lead_id) == col(Lead.id), condition).exists()
+    )
+
+
+def _has_tag(session: AsyncSession, tag: str) -> sa.ColumnElement[bool]:
+    if session.get_bind().dialect.name == "postgresql":
+        tags = sa.cast(col(Lead.tags), JSONB)  # the column is JSONB there: `@>` containment
+        return tags.contains(sa.func.jsonb_build_array(tag))
+    each = sa.func.json_each(col(Lead.tags)).table_valued("value")
+    return sa.select(each.c.value).where(each.c.value == tag).exists()
+
+
+def _matches(text: str) -> sa.ColumnElement[bool]:
+    needle = text.lower()
+    return sa.or_(
+        sa.func.lower(col(Lead.name)).contains(needle, autoescape=True),
+        col(Lead.phone).contains(text, autoescape=True),
+        _has_channel(
+            sa.or_(
+                sa.func.lower(col(LeadChannel.channel_username)).contains(needle, autoescape=True),
+                col(LeadChannel.channel_user_id) == text,
+            )
+        ),
+    )
+
+
+def _changed_since(since: datetime) -> sa.ColumnElement[bool]:
+    message = (
+        select(ChatMessage.id)
+        .where(col(ChatMessage.lead_id) == col(Lead.id), col(ChatMessage.updated_at) >= since)
+        .exists()
+    )
+    return sa.or_(col(Lead.updated_at) >= since, message)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+async def lead_messages(
+    session: AsyncSession,
+    broker_id: str,
+    lead_id: int,
+    where: MessageFilter,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> list[ChatMessage]:
+    """A page of a lead's messages on every provider, in time order (then id order)."""
+    query = select(ChatMessage).where(
+        col(ChatMessage.broker_id) == broker_id, col(ChatMessage.lead_id) == lead_id
+    )
+    if where.provider is not None:
+        query = query.where(col(ChatMessage.provider) == where.provider)
+    if where.direction is not None:
+        query = query.where(col(ChatMessage.direction) == where.direction)
+    if after is not None:
+        at, after_id = after
+        query = query.where(
+            sa.or_(
+                col(ChatMessage.created_at) > at,
+                sa.and_(col(ChatMessage.created_at) == at, col(ChatMessage.id) > after_id),
+            )
+        )
+    query = query.order_by(col(ChatMessage.created_at), col(ChatMessage.id)).limit(limit)
+    return list((await session.exec(query)).all())
+
+
+async def get_message(session: AsyncSession, broker_id: str, message_id: int) -> ChatMessage | None:
+    query = select(ChatMessage).where(
+        col(ChatMessage.broker_id) == broker_id, col(ChatMessage.id) == message_id
+    )
+    return (await session.exec(query)).first()
+
+
+# --- idempotency keys ---------------------------------------------------------------------------
+
+
+async def remembered(session: AsyncSession, broker_id: str, key: str) -> ApiIdempotencyKey | None:
+    return await session.get(ApiIdempotencyKey, (broker_id, key))
+
+
+async def remember(
+    session: AsyncSession, broker_id: str, key: str, request_hash: str, message_id: int
+) -> bool:
+    """Keep the key's message; False when another request took the key first."""
+    table = ApiIdempotencyKey.__table__  # type: ignore[attr-defined]
+    statement = insert_ignoring_conflicts(session, table, ["broker_id", "key"]).returning(
+        table.c.key
+    )
+    values = {
+        "broker_id": broker_id,
+        "key": key,
+        "request_hash": request_hash,
+        "message_id": message_id,
+        "created_at": utcnow(),
+    }
+    result = await (await session.connection()).execute(statement.values(**values))
+    return bool(result.all())
