@@ -24,6 +24,7 @@ from leadline.config.settings import Settings
 from leadline.runtime.gc_tuning import tune_gc
 from leadline.runtime.hours import hours_report
 from leadline.runtime.http import build_app
+from leadline.runtime.legacy_import import BATCH_SIZE, import_telegram_messages
 from leadline.runtime.logs import Redactor, configure_logging
 from leadline.runtime.online import Finding, check_online, subscribe
 from leadline.runtime.responder import ResponderError, load_responder
@@ -223,6 +224,29 @@ STATUS_HEADER = (
 )
 
 
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """`import telegram-messages`: a legacy bot's Telegram history into a broker's leads."""
+    _, brokers = load(settings)
+    broker = brokers.brokers.get(args.broker)
+    if broker is None:
+        print(f"error: no valid broker {args.broker!r} in {settings.brokers_file}", file=sys.stderr)
+        return 2
+    return import_telegram_messages(
+        settings.database_url,
+        broker,
+        args.source,
+        dry_run=args.dry_run,
+        batch_size=args.batch_size,
+    )
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
 def cmd_adapters(settings: Settings) -> int:
     registry = discover(settings.plugins_dir)
     for entry in sorted(registry.entries.values(), key=lambda e: e.name):
@@ -295,6 +319,23 @@ def parser() -> argparse.ArgumentParser:
         "status", help="outbound messages per broker and provider: queued, in flight, sent, failed"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    legacy = commands.add_parser("import", help="import history from a legacy system")
+    telegram = legacy.add_subparsers(dest="import_command", required=True).add_parser(
+        "telegram-messages",
+        help="a legacy bot's telegram_messages (and leads) table into a broker's leads",
+    )
+    telegram.add_argument(
+        "--from", dest="source", required=True, metavar="URL",
+        help="the legacy database: sqlite:///path/legacy.db or postgresql://user@host/db",
+    )  # fmt: skip
+    telegram.add_argument("--broker", required=True, help="the broker id (in brokers.toml)")
+    telegram.add_argument(
+        "--dry-run", action="store_true", help="report what would change; write nothing"
+    )
+    telegram.add_argument(
+        "--batch-size", type=_positive, default=BATCH_SIZE, metavar="N",
+        help=f"legacy rows per committed batch (default {BATCH_SIZE})",
+    )  # fmt: skip
     return top
 
 
@@ -319,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "hours": lambda s: cmd_hours(s, args.broker),
         "status": lambda s: cmd_status(s, as_json=args.json),
+        "import": lambda s: cmd_import(s, args),
     }
     try:
         return commands[args.command](settings)
