@@ -44,4 +44,4 @@ postgres:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; }
 
 clean:
-	rm -rf $(VENV) leadline.db leadline.db-wal leadline.db-shm
+	rm -rf $(VENV) leadline.db leadline.db-wal leadline.db-shm leadline.db-owners

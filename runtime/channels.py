@@ -25,6 +25,11 @@ class ChannelState(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class PollingRole(enum.StrEnum):
+    OWNER = "owner"  # this process polls
+    STANDBY = "standby"  # another process polls; this one takes over if it dies
+
+
 @dataclass(slots=True)
 class Channel:
     broker: BrokerConfig
@@ -32,6 +37,7 @@ class Channel:
     adapter: Adapter | None
     state: ChannelState
     reason: str | None = None
+    polling: PollingRole | None = None  # for a channel that polls, once it is up
 
     @property
     def key(self) -> tuple[str, str]:

@@ -198,7 +198,7 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
             f"{found.in_flight:>9} {found.sent_last_hour:>8} {found.failed_last_hour:>9}  {pause}"
         )
     if crm:
-        print(f"\n{'BROKER':<16} {'CRM EVENTS':>10} {'FAILING':>8}  LAST ERROR")
+        print(f"\n{'BROKER':<16} {'CRM EVENTS':>10} {'FAILING':>8}  OLDEST FAILURE")
         for broker_id, found in sorted(crm.items()):
             error = found.last_error or "-"
             print(f"{broker_id:<16} {found.pending:>10} {found.failing:>8}  {error}")

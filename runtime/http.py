@@ -232,6 +232,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         state: dict[str, object] = {"state": channel.state.value}
         if channel.reason:
             state["reason"] = service.redactor.redact(channel.reason)
+        if channel.polling is not None:
+            state["polling"] = channel.polling.value
         state["delivery"] = counts.get(channel.key, DeliveryCounts()).as_json()
         broker["providers"][channel.provider] = state  # type: ignore[index]
     for broker_id in sorted(service.brokers.invalid):

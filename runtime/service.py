@@ -21,6 +21,7 @@ from leadline.runtime.crm_sender import CrmSender
 from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
+from leadline.runtime.owned import OwnedRunner
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.receipts import ReadReceipts
 from leadline.runtime.replies import ReplyWorker
@@ -31,6 +32,7 @@ from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import upgrade
+from leadline.storage.ownership import Ownership, ownership_for
 from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class Service:
     replies: ReplyWorker
     dispatcher: Dispatcher
     scheduler: OpeningScheduler
+    ownership: Ownership
     clock: Callable[[], datetime] = utcnow
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inboxes: dict[tuple[str, str], ChannelInbox] = field(default_factory=dict)
@@ -85,6 +88,7 @@ class Service:
         self.dispatcher.stop()
         await _finish(workers)
         await _bounded(self.channels.close(), "closing the channels")
+        await _bounded(self.ownership.close(), "handing over the pollers")
 
     async def close(self) -> None:
         await self.stop()
@@ -192,6 +196,7 @@ async def open_service(
         replies,
         dispatcher,
         scheduler,
+        ownership_for(engine),
         clock,
     )
     pipeline.start()
@@ -203,8 +208,11 @@ async def open_service(
         asyncio.create_task(receipts.run(), name="read-receipts"),
         asyncio.create_task(crm.run(), name="crm-events"),
     ]
+    owner = OwnedRunner(service.ownership, settings.poller_check_seconds)
     service._tasks.extend(
-        asyncio.create_task(supervise(c, service.inbox(*c.key)), name=f"channel {c.key}")
+        asyncio.create_task(
+            supervise(c, service.inbox(*c.key), owner=owner), name=f"channel {c.key}"
+        )
         for c in channels
         if c.adapter is not None and (c.state != ChannelState.UP or c.adapter.polls)
     )

@@ -155,7 +155,22 @@ async def failed(session: AsyncSession, event_id: int, error: str, retry_at: dat
 class EventCounts:
     pending: int = 0
     failing: int = 0  # pending events that failed at least once
-    last_error: str | None = None
+    last_error: str | None = None  # of the oldest failing event: the one stuck longest
+
+
+def _oldest_error() -> sa.ScalarSelect[Any]:
+    failing = aliased(CrmEvent)
+    return (
+        select(failing.last_error)
+        .where(
+            _undelivered(failing),
+            col(failing.broker_id) == col(CrmEvent.broker_id),
+            col(failing.last_error).is_not(None),
+        )
+        .order_by(col(failing.id))
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 async def event_counts(session: AsyncSession) -> dict[str, EventCounts]:
@@ -165,7 +180,7 @@ async def event_counts(session: AsyncSession) -> dict[str, EventCounts]:
             CrmEvent.broker_id,
             sa.func.count(),
             sa.func.sum(sa.case((col(CrmEvent.attempts) > 0, 1), else_=0)),
-            sa.func.max(CrmEvent.last_error),
+            _oldest_error(),
         )
         .where(_undelivered(CrmEvent))
         .group_by(col(CrmEvent.broker_id))

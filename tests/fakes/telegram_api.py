@@ -214,6 +214,7 @@ class FakeBot:
         self._users: dict[int, dict[str, Any]] = {}  # seen senders, to fill private chats
         self._waiters: set[asyncio.Future[None]] = set()
         self._poll: asyncio.Future[None] | None = None  # resolved when another poller takes over
+        self.conflicts = 0  # getUpdates answered 409 because another one arrived
         self._closed = False
 
     # --- test API ----------------------------------------------------------------
@@ -607,6 +608,7 @@ class FakeTelegram:
                     break
                 await bot._wait_for_update(poll, remaining)
                 if poll.done():
+                    bot.conflicts += 1
                     raise ApiError(409, TERMINATED_BY_OTHER)
         finally:
             bot._end_poll(poll)

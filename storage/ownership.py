@@ -1,0 +1,187 @@
+"""Which process of several on one database does a one-at-a-time job.
+
+A Telegram bot answers getUpdates to one caller at a time: two processes polling
+it take turns failing with 409. So each poller is owned by one process, and when
+that process dies another takes over. The owner is whoever holds a named lock
+that dies with its holder:
+
+- PostgreSQL: session-level advisory locks, all on one connection kept for them,
+  outside any transaction. The server drops them when the process or the
+  connection dies.
+- SQLite: open-file-description byte-range locks on a file beside the database
+  (one byte per name). The kernel drops them when the process dies. Two owners in
+  one process conflict too, like two processes.
+- SQLite in memory: one process is all there is; it owns everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import hashlib
+import os
+import struct
+from contextlib import suppress
+from pathlib import Path
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+class Ownership(Protocol):
+    async def try_take(self, name: str) -> bool:
+        """Own `name` now if nobody else does (and keep owning it), else False."""
+        ...
+
+    async def holds(self, name: str) -> bool:
+        """Still owned? False once the lock is gone, e.g. with its connection."""
+        ...
+
+    async def release(self, name: str) -> None: ...
+
+    async def close(self) -> None:
+        """Release everything."""
+        ...
+
+
+def ownership_for(engine: AsyncEngine) -> Ownership:
+    url = engine.url
+    if url.get_backend_name() == "postgresql":
+        return AdvisoryLocks(engine)
+    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+        return SoleOwner()
+    return FileLocks(Path(f"{url.database}-owners"))
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for `name` (PostgreSQL's advisory lock key space)."""
+    digest = hashlib.blake2b(f"leadline:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class SoleOwner:
+    async def try_take(self, name: str) -> bool:
+        return True
+
+    async def holds(self, name: str) -> bool:
+        return True
+
+    async def release(self, name: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class AdvisoryLocks:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._held: set[str] = set()
+        self._use = asyncio.Lock()  # one connection: one statement at a time
+
+    async def try_take(self, name: str) -> bool:
+        async with self._use:
+            if name in self._held:
+                return await self._alive()
+            taken = await self._scalar("SELECT pg_try_advisory_lock(:key)", key=lock_key(name))
+            if taken:
+                self._held.add(name)
+            return bool(taken)
+
+    async def holds(self, name: str) -> bool:
+        async with self._use:
+            return name in self._held and await self._alive()
+
+    async def release(self, name: str) -> None:
+        async with self._use:
+            if name in self._held:
+                self._held.discard(name)
+                with suppress(Exception):  # a dead connection has released it already
+                    await self._scalar("SELECT pg_advisory_unlock(:key)", key=lock_key(name))
+
+    async def close(self) -> None:
+        async with self._use:
+            await self._drop()
+
+    async def _scalar(self, sql: str, **params: object) -> object:
+        conn = await self._connection()
+        try:
+            return (await conn.execute(sa.text(sql), params)).scalar()
+        except Exception:
+            await self._drop()
+            raise
+
+    async def _alive(self) -> bool:
+        try:
+            await self._scalar("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            conn = await self._engine.connect()
+            # No transaction stays open on a connection that lives as long as the process.
+            self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    async def _drop(self) -> None:
+        # Whatever this connection held is gone with it (the server releases it).
+        conn, self._conn = self._conn, None
+        self._held.clear()
+        if conn is not None:
+            with suppress(Exception):
+                await conn.invalidate()
+                await conn.close()
+
+
+# struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks).
+_FLOCK = "hhqqi4x"
+_BYTES = 1 << 30  # where in the file a name's byte may lie
+
+
+class FileLocks:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._held: set[str] = set()
+
+    async def try_take(self, name: str) -> bool:
+        if name in self._held:
+            return True
+        fd = await self._file()
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._range(fcntl.F_WRLCK, name))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._held.add(name)
+        return True
+
+    async def holds(self, name: str) -> bool:
+        return name in self._held  # the kernel keeps it while this process lives
+
+    async def release(self, name: str) -> None:
+        if name in self._held and self._fd is not None:
+            self._held.discard(name)
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._range(fcntl.F_UNLCK, name))
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        self._held.clear()
+        if fd is not None:
+            os.close(fd)  # releases every lock taken through it
+
+    @staticmethod
+    def _range(kind: int, name: str) -> bytes:
+        return struct.pack(_FLOCK, kind, os.SEEK_SET, lock_key(name) % _BYTES, 1, 0)
+
+    async def _file(self) -> int:
+        if self._fd is None:
+            path = self._path
+            self._fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd

@@ -1,0 +1,99 @@
+"""Several `leadline run` processes on one database: each bot is polled by one of them.
+
+Telegram answers getUpdates to one caller at a time; two processes polling one bot
+would take turns failing with 409. So the processes agree on an owner per poller
+(advisory locks on PostgreSQL, file locks on SQLite); the others stand by, send as
+usual, and one of them takes over when the owner dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.fakes.serving import running_fake
+from tests.fakes.telegram_api import FakeBot, FakeTelegram
+from tests.test_process import Launcher, Running
+from tests.test_telegram_process import (
+    DEMO_TOKEN,
+    FIRST_CHAT,
+    TOKENS,
+    broker_toml,
+    inbound_ids,
+    until,
+)
+
+CHECK_SECONDS = 0.3
+
+
+@pytest.fixture
+async def launch(tmp_path: Path, database_url: str) -> AsyncIterator[Launcher]:
+    env = {**TOKENS, "LEADLINE_POLLER_CHECK_SECONDS": str(CHECK_SECONDS)}
+    launcher = Launcher(tmp_path, database_url, extra_env=env)
+    yield launcher
+    launcher.kill_all()
+
+
+async def polling_role(running: Running) -> str | None:
+    async with aiohttp.ClientSession() as http, http.get(running.base + "/healthz") as response:
+        health = json.loads(await response.text())
+    return health["brokers"]["demo"]["providers"]["telegram"].get("polling")
+
+
+async def roles(*processes: Running) -> list[str | None]:
+    return [await polling_role(p) for p in processes]
+
+
+def push(bot: FakeBot, first: int, n: int) -> set[str]:
+    """n text updates; the keys they must be stored under."""
+    keys = set()
+    for i in range(first, first + n):
+        update = bot.text_update(FIRST_CHAT + i % 5, f"message #{i}")
+        bot.push_update(update)
+        keys.add(f"{FIRST_CHAT + i % 5}:{update['message']['message_id']}")
+    return keys
+
+
+async def test_one_of_two_processes_polls_a_bot_and_the_other_takes_over_when_it_is_killed(
+    tmp_path: Path,
+    launch: Launcher,
+    unused_tcp_port_factory: Callable[[], int],
+    engine: AsyncEngine,
+) -> None:
+    fake = FakeTelegram()
+    bot = fake.add_bot(DEMO_TOKEN, "demo_realty_bot")
+    async with running_fake(fake) as base:
+        (tmp_path / "brokers.toml").write_text(
+            broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base)
+        )
+        first = await launch(unused_tcp_port_factory(), "first")
+        second = await launch(unused_tcp_port_factory(), "second")
+        found = await until(lambda: roles(first, second), lambda r: None not in r)
+        assert sorted(found) == ["owner", "standby"]
+        owner, standby = (first, second) if found[0] == "owner" else (second, first)
+
+        keys = push(bot, 0, 20)
+        await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 20)
+        await asyncio.sleep(10 * CHECK_SECONDS)  # the standby keeps trying meanwhile
+        assert bot.conflicts == 0, "two processes polled the bot at once"
+        assert await roles(owner, standby) == ["owner", "standby"]
+
+        owner.process.kill()  # SIGKILL: its lock goes with it, nothing is handed over
+        await asyncio.to_thread(owner.process.wait)
+        keys |= push(bot, 20, 20)
+        await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 40)
+        assert await polling_role(standby) == "owner"
+        ids = await inbound_ids(engine)
+        standby.process.kill()
+        await asyncio.to_thread(standby.process.wait)
+
+    assert [k for k, n in Counter(ids).items() if n > 1] == []
+    assert set(ids) == keys
+    assert "standing by" in standby.log()
