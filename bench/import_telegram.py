@@ -23,14 +23,14 @@ import contextlib
 import io
 import os
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from bench.scratch import scratch_folder
 
 USERS = 5000
 FIRST_USER = 500_000_000
@@ -179,16 +179,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="leadline-import-bench-"))
-    try:
+    with scratch_folder("leadline-import-bench-", args.keep) as folder:
         bench(folder, args.rows, args.batch_size)
-    except Exception as exc:  # a benchmark reports, it does not fail the build
-        print(f"benchmark aborted: {exc.__class__.__name__}: {exc}")
-    finally:
-        if args.keep:
-            print(f"kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

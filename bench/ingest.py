@@ -33,13 +33,11 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +46,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from bench.scratch import scratch_folder
 
 Popen = subprocess.Popen[bytes]
 REPO = Path(__file__).resolve().parent.parent
@@ -660,16 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_server is not None:
         serve_bare(args.bare_server)
         return 0
-    folder = Path(tempfile.mkdtemp(prefix="leadline-bench-"))
-    try:
+    with scratch_folder("leadline-bench-", args.keep) as folder:
         asyncio.run(bench(args, folder))
-    except Exception as exc:  # a benchmark reports, it does not fail the build
-        print(f"benchmark aborted: {exc.__class__.__name__}: {exc}")
-    finally:
-        if args.keep:
-            print(f"kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -43,9 +43,7 @@ import html
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 import tomllib
 from collections import Counter
@@ -66,6 +64,7 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bench.ingest import REPO, CpuMeter, Popen, free_port, spawn, stop, tail
+from bench.scratch import scratch_folder
 from leadline.adapters.registry import discover
 from leadline.config.loader import load_brokers
 from leadline.config.vocabulary import Direction, MessageStatus
@@ -772,18 +771,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_fake(args.serve_fake)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    folder = Path(tempfile.mkdtemp(prefix="leadline-bench-outbound-"))
     results = Results()
     try:
-        asyncio.run(bench(args, folder, results))
-    except Exception as exc:  # a benchmark reports, it does not fail the build
-        results.notes.append(f"benchmark aborted: {exc.__class__.__name__}: {exc}")
+        with scratch_folder("leadline-bench-outbound-", args.keep, results.notes.append) as folder:
+            asyncio.run(bench(args, folder, results))
     finally:
         report(args, results)
-        if args.keep:
-            print(f"kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
