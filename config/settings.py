@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     send_max_age_hours: float = Field(default=24.0, gt=0)
     # Several processes on one database: how often a standby process tries to take
     # over a poller, and its owner checks it still owns it.
-    poller_check_seconds: float = Field(default=5.0, gt=0, le=300)
+    cluster_check_seconds: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("plugins_dir", mode="before")
     @classmethod

@@ -109,6 +109,7 @@ class Dispatcher:
         options: DeliveryOptions | None = None,
         gates: Gates | None = None,
         events_for: frozenset[str] = frozenset(),
+        shares: Callable[[ChannelKey], int] = lambda _: 1,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
@@ -119,6 +120,7 @@ class Dispatcher:
         self._clock = clock
         self._gates = gates or Gates()
         self._events_for = events_for  # brokers whose CRM hears of sends and failures
+        self._shares = shares  # how many processes send on a channel, this one included
         self._writer: GroupCommit[_Take | Outcome, _Taken | None] = GroupCommit(
             sessions, self._write, "outbox-writer"
         )
@@ -320,10 +322,13 @@ class Dispatcher:
         )
 
     def _channel_limits(self, channel: Channel) -> Sequence[RateLimit]:
+        """The channel's limits, this process's share of them."""
         assert channel.adapter is not None
         configured = configured_limits(channel.broker.rate_limits.get(channel.provider))
         default = channel.adapter.capabilities.rate_limit
-        return configured or ([default] if default is not None else [])
+        limits = configured or ([default] if default is not None else [])
+        share = self._shares(channel.key)
+        return [RateLimit(limit.count / share, limit.per_seconds) for limit in limits]
 
     async def _retry(self, row: OutboxRow, exc: RetryableSendError) -> Outcome:
         """Try again later. A provider that only asked us to wait (retry_after) is not

@@ -38,6 +38,9 @@ class Window:
     def take(self, at: float) -> None:
         self._starts.append(at)
 
+    def starts(self) -> tuple[float, ...]:
+        return tuple(self._starts)
+
     def idle(self, now: float) -> bool:
         return not self._starts or self._starts[-1] + self.span <= now
 
@@ -54,20 +57,34 @@ class Gate:
     def __init__(
         self, limits: Sequence[RateLimit], clock: Clock = time.monotonic, *, smooth: bool = False
     ) -> None:
+        self._smooth = smooth
+        self._tune(limits)
+        self._due = 0.0  # when the next evenly spaced send is due
+        self._clock = clock
+        self._paused_until = 0.0
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    def _tune(self, limits: Sequence[RateLimit]) -> None:
+        self.limits = tuple(limits)
         self._windows = [Window(limit) for limit in limits]
         # The shortest spacing the limits allow on average.
         self._pace = min((w.span / w.size for w in self._windows), default=0.0)
         # Smooth: sends spaced evenly at that pace. A burst of the whole count at
         # once goes out over many milliseconds, and its spread could make the
         # provider count one too many in some second.
-        self._interval = self._pace if smooth else 0.0
-        self._due = 0.0  # when the next evenly spaced send is due
+        self._interval = self._pace if self._smooth else 0.0
         # A schedule fallen behind (a busy event loop) catches up for at most one
         # window; longer than that, the gate was idle and starts afresh.
         self._catch_up = min((w.span for w in self._windows), default=0.0)
-        self._clock = clock
-        self._paused_until = 0.0
-        self._queue: deque[asyncio.Future[None]] = deque()
+
+    def retune(self, limits: Sequence[RateLimit]) -> None:
+        """New limits from now on; the sends already made count against them, and
+        senders already waiting keep their turn."""
+        starts = sorted({at for window in self._windows for at in window.starts()})
+        self._tune(limits)
+        for window in self._windows:
+            for at in starts[-window.size :]:
+                window.take(at)
 
     def pause(self, seconds: float) -> None:
         """Nothing passes for `seconds` from now (a longer pause already set is kept)."""
@@ -164,9 +181,14 @@ class Gates:
         self._recipients: dict[tuple[str, str, str], Gate] = {}
 
     def channel(self, key: tuple[str, str], limits: Callable[[], Sequence[RateLimit]]) -> Gate:
+        """The channel's gate, following its limits as they change (its share of them,
+        when several processes send on it)."""
+        wanted = tuple(limits())
         gate = self._channels.get(key)
         if gate is None:
-            gate = self._channels[key] = Gate(limits(), self._clock, smooth=True)
+            gate = self._channels[key] = Gate(wanted, self._clock, smooth=True)
+        elif gate.limits != wanted:
+            gate.retune(wanted)
         return gate
 
     def recipient(

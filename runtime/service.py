@@ -28,6 +28,7 @@ from leadline.runtime.replies import ReplyWorker
 from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.scheduler import OpeningScheduler
 from leadline.runtime.sending import Outgoing, queue_message
+from leadline.runtime.shares import SendShares
 from leadline.runtime.supervisor import supervise
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
 from leadline.storage.engine import make_engine, make_session_factory, safe_url
@@ -161,6 +162,10 @@ async def open_service(
         raise
     public_url = str(settings.public_url).rstrip("/") if settings.public_url else None
     channels = Channels.build(brokers, registry, public_url)
+    ownership = ownership_for(engine)
+    shares = SendShares(
+        ownership, [c.key for c in channels if c.adapter], settings.cluster_check_seconds
+    )
     crm = CrmSender(sessions, brokers.brokers, clock)
     dispatcher = Dispatcher(
         sessions,
@@ -168,6 +173,7 @@ async def open_service(
         clock=clock,
         options=delivery_options(settings),
         events_for=crm.brokers,
+        shares=shares.of,
     )
     receipts = ReadReceipts(channels)
     replies = ReplyWorker(
@@ -196,19 +202,21 @@ async def open_service(
         replies,
         dispatcher,
         scheduler,
-        ownership_for(engine),
+        ownership,
         clock,
     )
     pipeline.start()
     scheduler.start()
     await channels.start()
+    await shares.join()
     service._tasks = [
+        asyncio.create_task(shares.run(), name="send-shares"),
         asyncio.create_task(replies.run(), name="reply-worker"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(receipts.run(), name="read-receipts"),
         asyncio.create_task(crm.run(), name="crm-events"),
     ]
-    owner = OwnedRunner(service.ownership, settings.poller_check_seconds)
+    owner = OwnedRunner(service.ownership, settings.cluster_check_seconds)
     service._tasks.extend(
         asyncio.create_task(
             supervise(c, service.inbox(*c.key), owner=owner), name=f"channel {c.key}"

@@ -12,6 +12,9 @@ that dies with its holder:
   (one byte per name). The kernel drops them when the process dies. Two owners in
   one process conflict too, like two processes.
 - SQLite in memory: one process is all there is; it owns everything.
+
+The same locks, shared, count the processes that do one thing together (send on
+a channel), so that each keeps to its share of a limit they all must respect.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import struct
+from collections.abc import Collection
 from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +44,14 @@ class Ownership(Protocol):
         ...
 
     async def release(self, name: str) -> None: ...
+
+    async def join(self, group: str) -> None:
+        """Count this process among `group`'s members, until it closes or dies."""
+        ...
+
+    async def members(self, groups: Collection[str]) -> dict[str, int]:
+        """How many live processes have joined each group (at least 1)."""
+        ...
 
     async def close(self) -> None:
         """Release everything."""
@@ -71,8 +83,23 @@ class SoleOwner:
     async def release(self, name: str) -> None:
         return None
 
+    async def join(self, group: str) -> None:
+        return None
+
+    async def members(self, groups: Collection[str]) -> dict[str, int]:
+        return dict.fromkeys(groups, 1)
+
     async def close(self) -> None:
         return None
+
+
+# pg_locks shows a bigint advisory key as its two halves, with objsubid = 1.
+MEMBERS_SQL = """
+SELECT classid::bigint * 4294967296 + objid::bigint AS key, count(*) AS n FROM pg_locks
+WHERE locktype = 'advisory' AND objsubid = 1 AND mode = 'ShareLock' AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+GROUP BY classid, objid
+"""
 
 
 class AdvisoryLocks:
@@ -80,6 +107,7 @@ class AdvisoryLocks:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._held: set[str] = set()
+        self._joined: set[str] = set()  # taken again on a new connection
         self._use = asyncio.Lock()  # one connection: one statement at a time
 
     async def try_take(self, name: str) -> bool:
@@ -102,9 +130,26 @@ class AdvisoryLocks:
                 with suppress(Exception):  # a dead connection has released it already
                     await self._scalar("SELECT pg_advisory_unlock(:key)", key=lock_key(name))
 
+    async def join(self, group: str) -> None:
+        async with self._use:
+            self._joined.add(group)
+            await self._scalar("SELECT pg_try_advisory_lock_shared(:key)", key=lock_key(group))
+
+    async def members(self, groups: Collection[str]) -> dict[str, int]:
+        async with self._use:
+            conn = await self._connection()
+            try:
+                found = (await conn.execute(sa.text(MEMBERS_SQL))).all()
+            except Exception:
+                await self._drop()
+                raise
+        counts = {int(key) % 2**64: int(n) for key, n in found}
+        return {g: max(1, counts.get(lock_key(g) % 2**64, 0)) for g in groups}
+
     async def close(self) -> None:
         async with self._use:
             await self._drop()
+            self._joined.clear()
 
     async def _scalar(self, sql: str, **params: object) -> object:
         conn = await self._connection()
@@ -126,6 +171,10 @@ class AdvisoryLocks:
             conn = await self._engine.connect()
             # No transaction stays open on a connection that lives as long as the process.
             self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for group in self._joined:
+                await self._conn.execute(
+                    sa.text("SELECT pg_try_advisory_lock_shared(:key)"), {"key": lock_key(group)}
+                )
         return self._conn
 
     async def _drop(self) -> None:
@@ -141,6 +190,15 @@ class AdvisoryLocks:
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks).
 _FLOCK = "hhqqi4x"
 _BYTES = 1 << 30  # where in the file a name's byte may lie
+# A group's members each lock one byte of its own among the group's SLOTS bytes,
+# which lie past the names' bytes; counting the locked ones counts the members.
+_SLOTS = 64
+_GROUPS = 1 << 24
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """One byte at `offset`, for F_OFD_SETLK or F_OFD_GETLK."""
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
 
 
 class FileLocks:
@@ -148,19 +206,12 @@ class FileLocks:
         self._path = path
         self._fd: int | None = None
         self._held: set[str] = set()
+        self._slots: dict[str, int] = {}  # group -> the byte this process locked in it
 
     async def try_take(self, name: str) -> bool:
-        if name in self._held:
-            return True
-        fd = await self._file()
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._range(fcntl.F_WRLCK, name))
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        self._held.add(name)
-        return True
+        if name not in self._held and self._lock(await self._file(), self._byte(name)):
+            self._held.add(name)
+        return name in self._held
 
     async def holds(self, name: str) -> bool:
         return name in self._held  # the kernel keeps it while this process lives
@@ -168,17 +219,56 @@ class FileLocks:
     async def release(self, name: str) -> None:
         if name in self._held and self._fd is not None:
             self._held.discard(name)
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._range(fcntl.F_UNLCK, name))
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, self._byte(name)))
+
+    async def join(self, group: str) -> None:
+        if group in self._slots:
+            return
+        fd = await self._file()
+        for slot in range(_SLOTS):
+            if self._lock(fd, self._slot(group, slot)):
+                self._slots[group] = slot
+                return
+
+    async def members(self, groups: Collection[str]) -> dict[str, int]:
+        fd = await self._file()
+        counts = {}
+        for group in groups:
+            mine = self._slots.get(group)
+            others = sum(
+                1 for slot in range(_SLOTS) if slot != mine and self._locked(fd, group, slot)
+            )
+            counts[group] = others + 1 if mine is not None else max(1, others)
+        return counts
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None
         self._held.clear()
+        self._slots.clear()
         if fd is not None:
             os.close(fd)  # releases every lock taken through it
 
     @staticmethod
-    def _range(kind: int, name: str) -> bytes:
-        return struct.pack(_FLOCK, kind, os.SEEK_SET, lock_key(name) % _BYTES, 1, 0)
+    def _byte(name: str) -> int:
+        return lock_key(name) % _BYTES
+
+    @staticmethod
+    def _slot(group: str, slot: int) -> int:
+        return _BYTES + (lock_key(group) % _GROUPS) * _SLOTS + slot
+
+    @staticmethod
+    def _lock(fd: int, offset: int) -> bool:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def _locked(self, fd: int, group: str, slot: int) -> bool:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, self._slot(group, slot)))
+        return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK
 
     async def _file(self) -> int:
         if self._fd is None:

@@ -1,15 +1,17 @@
-"""Several `leadline run` processes on one database: each bot is polled by one of them.
+"""Several `leadline run` processes on one database.
 
 Telegram answers getUpdates to one caller at a time; two processes polling one bot
 would take turns failing with 409. So the processes agree on an owner per poller
 (advisory locks on PostgreSQL, file locks on SQLite); the others stand by, send as
-usual, and one of them takes over when the owner dies.
+usual, and one of them takes over when the owner dies. And a provider counts a
+channel's sends from all processes together, so each keeps to its share of the rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +20,9 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from leadline.storage.engine import make_session_factory
+from leadline.storage.leads import ChannelIdentity, ensure_lead
+from leadline.storage.outbox import QueuedMessage, enqueue
 from tests.fakes.serving import running_fake
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
 from tests.test_process import Launcher, Running
@@ -35,7 +40,7 @@ CHECK_SECONDS = 0.3
 
 @pytest.fixture
 async def launch(tmp_path: Path, database_url: str) -> AsyncIterator[Launcher]:
-    env = {**TOKENS, "LEADLINE_POLLER_CHECK_SECONDS": str(CHECK_SECONDS)}
+    env = {**TOKENS, "LEADLINE_CLUSTER_CHECK_SECONDS": str(CHECK_SECONDS)}
     launcher = Launcher(tmp_path, database_url, extra_env=env)
     yield launcher
     launcher.kill_all()
@@ -97,3 +102,53 @@ async def test_one_of_two_processes_polls_a_bot_and_the_other_takes_over_when_it
     assert [k for k, n in Counter(ids).items() if n > 1] == []
     assert set(ids) == keys
     assert "standing by" in standby.log()
+
+
+async def queue(engine: AsyncEngine, chats: range) -> None:
+    async with make_session_factory(engine)() as session, session.begin():
+        for chat in chats:
+            identity = ChannelIdentity("demo", "telegram", str(chat))
+            lead_id = await ensure_lead(session, identity)
+            await enqueue(session, QueuedMessage(lead_id, "demo", "telegram", str(chat), "hi"))
+
+
+async def test_two_processes_sending_on_one_channel_keep_to_its_rate_together(
+    tmp_path: Path,
+    launch: Launcher,
+    unused_tcp_port_factory: Callable[[], int],
+    engine: AsyncEngine,
+) -> None:
+    fake = FakeTelegram()
+    bot = fake.add_bot(DEMO_TOKEN, "demo_realty_bot")
+    async with running_fake(fake) as base:
+        rate = "\n[brokers.demo.rate_limits]\ntelegram = { messages_per_second = 10 }\n"
+        (tmp_path / "brokers.toml").write_text(
+            broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base) + rate
+        )
+        first = await launch(unused_tcp_port_factory(), "first")
+        second = await launch(unused_tcp_port_factory(), "second")
+        shared = "demo: telegram sends shared by 2 processes"
+        await until(lambda: _logs(first, second), lambda logs: all(shared in x for x in logs))
+
+        chats = range(FIRST_CHAT, FIRST_CHAT + 60)  # one message per chat: no chat limit
+        await queue(engine, chats)
+        await until(lambda: _sent(bot), lambda n: n == 60, timeout=30)
+        await asyncio.sleep(1.0)  # a stray second send would show by now
+        for running in (first, second):
+            running.process.kill()
+            await asyncio.to_thread(running.process.wait)
+
+    calls = [c for c in bot.sent if c.method == "sendMessage"]
+    assert sorted(c.params["chat_id"] for c in calls) == list(chats)
+    times = sorted(c.at for c in calls)
+    busiest = max(bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    # Each process alone would allow 10/s, 20/s together.
+    assert busiest <= 10, f"{busiest} sends within one second from the two processes"
+
+
+async def _logs(*processes: Running) -> list[str]:
+    return [p.log() for p in processes]
+
+
+async def _sent(bot: FakeBot) -> int:
+    return len([c for c in bot.sent if c.method == "sendMessage"])

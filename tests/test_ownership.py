@@ -202,3 +202,46 @@ async def test_cancelling_the_runner_cancels_the_poller_and_releases() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cancelled.is_set() and released == ["x"]
+
+
+async def test_members_of_a_group_are_counted_until_they_close(contenders: Contenders) -> None:
+    first, second, onlooker = contenders(), contenders(), contenders()
+    for ownership in (first, second):
+        await ownership.join("sender demo/telegram")
+        await ownership.join("sender demo/telegram")  # joining twice counts once
+    group, other = "sender demo/telegram", "sender acme/telegram"
+    assert await first.members([group, other]) == {group: 2, other: 1}
+    assert await onlooker.members([group]) == {group: 2}
+    await second.close()
+    assert await first.members([group]) == {group: 1}
+    assert await onlooker.members([group]) == {group: 1}
+
+
+@pytest.mark.postgres
+async def test_a_new_postgres_connection_joins_its_groups_again(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    locks = AdvisoryLocks(engine)
+    try:
+        await locks.join("sender demo/telegram")
+        async with engine.connect() as conn:  # the lock connection dies
+            await conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
+        with pytest.raises(sa.exc.DBAPIError):
+            await locks.members(["sender demo/telegram"])
+        assert await locks.members(["sender demo/telegram"]) == {"sender demo/telegram": 1}
+        async with engine.connect() as conn:
+            held = await conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+                )
+            )
+            assert held.scalar() == 1
+    finally:
+        await locks.close()
+        await engine.dispose()

@@ -6,6 +6,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from leadline.adapters.base import RateLimit
 from leadline.config.brokers import RateLimitConfig
 from leadline.runtime.ratelimit import MARGIN, Gate, Gates, Window, configured_limits
@@ -109,3 +111,22 @@ def test_configured_limits_apply_per_second_and_per_minute_together():
     limits = configured_limits(RateLimitConfig(messages_per_second=5, messages_per_minute=100))
     assert limits == [RateLimit(5, 1.0), RateLimit(100, 60.0)]
     assert configured_limits(None) == []
+
+
+def test_a_retuned_channel_gate_counts_the_sends_already_made_and_keeps_its_pause():
+    clock = FakeClock()
+    gates = Gates(clock)
+    limits = [RateLimit(10, 1.0)]
+    gate = gates.channel(("demo", "telegram"), lambda: limits)
+    for _ in range(5):  # five sends within the last second
+        assert gate.take()
+        clock.now += 0.1
+    gate.pause(0.05)
+    limits = [RateLimit(5, 1.0)]  # another process joined: half the rate each
+    assert gates.channel(("demo", "telegram"), lambda: limits) is gate
+    assert gate.limits == (RateLimit(5, 1.0),)
+    assert gate.paused_for() > 0
+    clock.now += 0.1
+    # At 5 per second the five sends already made fill the window: the next waits
+    # until the first of them is a full (stretched) second old.
+    assert gate.delay() == pytest.approx(1.0 * (1 + MARGIN) - 0.6)

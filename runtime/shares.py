@@ -1,0 +1,58 @@
+"""Each process's share of a channel's rate limit, when several send on it.
+
+A provider counts a channel's sends from every process together. Each process
+joins a group per channel it runs (storage/ownership.py) and recounts the
+groups every few seconds; the dispatcher divides the channel's limits by the
+count. A process that joins or dies shifts the shares at the next count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from leadline.storage.ownership import Ownership
+
+log = logging.getLogger(__name__)
+
+ChannelKey = tuple[str, str]
+
+
+class SendShares:
+    def __init__(
+        self, ownership: Ownership, channels: Iterable[ChannelKey], check_seconds: float
+    ) -> None:
+        self._ownership = ownership
+        self._groups = {key: f"sender {key[0]}/{key[1]}" for key in channels}
+        self._check_seconds = check_seconds
+        self._counts: dict[ChannelKey, int] = {}
+
+    def of(self, channel: ChannelKey) -> int:
+        """How many processes send on this channel, this one included."""
+        return self._counts.get(channel, 1)
+
+    async def join(self) -> None:
+        """Count this process in, then count everyone (before the first send)."""
+        try:
+            for group in self._groups.values():
+                await self._ownership.join(group)
+            await self.recount()
+        except Exception as exc:
+            log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_seconds)
+            try:
+                await self.recount()
+            except Exception as exc:  # keep the last count; the next try may do better
+                log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
+
+    async def recount(self) -> None:
+        counts = await self._ownership.members(list(self._groups.values()))
+        for key, group in self._groups.items():
+            n = counts.get(group, 1)
+            if n != self.of(key):
+                log.info("broker %s: %s sends shared by %d processes", *key, n)
+            self._counts[key] = n
