@@ -28,10 +28,12 @@ from leadline.runtime.legacy_import import BATCH_SIZE, import_telegram_messages
 from leadline.runtime.logs import Redactor, configure_logging
 from leadline.runtime.online import Finding, check_online, subscribe
 from leadline.runtime.responder import ResponderError, load_responder
+from leadline.runtime.shares import sender_group
 from leadline.storage.crm_events import EventCounts, event_counts
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.engine import DatabaseUrlError, make_engine, make_session_factory, safe_url
 from leadline.storage.migrate import current_revision, upgrade
+from leadline.storage.ownership import ownership_for
 from leadline.storage.types import utcnow
 
 log = logging.getLogger("leadline")
@@ -165,16 +167,24 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
     database the service uses."""
     _, brokers = load(settings)
 
-    async def read() -> tuple[dict[tuple[str, str], DeliveryCounts], dict[str, EventCounts]]:
+    keys = {(b.id, p) for b in brokers.brokers.values() for p in [*b.providers, *b.disabled]}
+
+    async def read() -> tuple[
+        dict[tuple[str, str], DeliveryCounts], dict[str, EventCounts], dict[str, int]
+    ]:
         engine = make_engine(settings.database_url)
+        ownership = ownership_for(engine)
         try:
             async with make_session_factory(engine)() as session:
-                return await delivery_counts(session, utcnow()), await event_counts(session)
+                counts = await delivery_counts(session, utcnow())
+                events = await event_counts(session)
+            return counts, events, await ownership.members([sender_group(k) for k in keys])
         finally:
+            await ownership.close()
             await engine.dispose()
 
     try:
-        counts, events = asyncio.run(read())
+        counts, events, senders = asyncio.run(read())
     except sa.exc.DBAPIError as exc:
         print(
             f"error: cannot read the outbox ({exc.__class__.__name__}); "
@@ -182,11 +192,12 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
-    keys = {(b.id, p) for b in brokers.brokers.values() for p in [*b.providers, *b.disabled]}
     table = {key: counts.get(key, DeliveryCounts()) for key in sorted(keys | set(counts))}
+    running = {key: senders.get(sender_group(key), 0) for key in table}
     crm = {b.id: events.get(b.id, EventCounts()) for b in brokers.brokers.values() if b.events}
     if as_json:
-        print(json.dumps([_status_json(b, p, c, crm.get(b)) for (b, p), c in table.items()]))
+        found = [_status_json(b, p, c, crm.get(b), running[(b, p)]) for (b, p), c in table.items()]
+        print(json.dumps(found))
         return 0
     print(STATUS_HEADER)
     for (broker_id, provider), found in table.items():
@@ -195,7 +206,8 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
             pause = f"until {found.paused_until:%Y-%m-%d %H:%M:%S} UTC ({found.pause_reason})"
         print(
             f"{broker_id:<16} {provider:<10} {found.queued:>7} {found.retrying:>9} "
-            f"{found.in_flight:>9} {found.sent_last_hour:>8} {found.failed_last_hour:>9}  {pause}"
+            f"{found.in_flight:>9} {found.sent_last_hour:>8} {found.failed_last_hour:>9} "
+            f"{running[(broker_id, provider)]:>9}  {pause}"
         )
     if crm:
         print(f"\n{'BROKER':<16} {'CRM EVENTS':>10} {'FAILING':>8}  OLDEST FAILURE")
@@ -206,9 +218,10 @@ def cmd_status(settings: Settings, as_json: bool = False) -> int:
 
 
 def _status_json(
-    broker: str, provider: str, counts: DeliveryCounts, crm: EventCounts | None
+    broker: str, provider: str, counts: DeliveryCounts, crm: EventCounts | None, processes: int
 ) -> dict[str, object]:
     found: dict[str, object] = {"broker": broker, "provider": provider, **counts.as_json()}
+    found["processes"] = processes  # running `leadline run` processes sending on it
     if crm is not None:
         found["crm_events"] = {
             "pending": crm.pending,
@@ -220,7 +233,7 @@ def _status_json(
 
 STATUS_HEADER = (
     f"{'BROKER':<16} {'PROVIDER':<10} {'QUEUED':>7} {'RETRYING':>9} "
-    f"{'IN FLIGHT':>9} {'SENT 1H':>8} {'FAILED 1H':>9}  PAUSE"
+    f"{'IN FLIGHT':>9} {'SENT 1H':>8} {'FAILED 1H':>9} {'PROCESSES':>9}  PAUSE"
 )
 
 

@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 ChannelKey = tuple[str, str]
 
 
+def sender_group(channel: ChannelKey) -> str:
+    """The group of the processes sending on a channel (`leadline status` counts it too)."""
+    return f"sender {channel[0]}/{channel[1]}"
+
+
 class SendShares:
     def __init__(
         self, ownership: Ownership, channels: Iterable[ChannelKey], check_seconds: float
     ) -> None:
         self._ownership = ownership
-        self._groups = {key: f"sender {key[0]}/{key[1]}" for key in channels}
+        self._groups = {key: sender_group(key) for key in channels}
         self._check_seconds = check_seconds
         self._counts: dict[ChannelKey, int] = {}
 
@@ -52,7 +57,7 @@ class SendShares:
     async def recount(self) -> None:
         counts = await self._ownership.members(list(self._groups.values()))
         for key, group in self._groups.items():
-            n = counts.get(group, 1)
+            n = max(1, counts.get(group, 1))  # this process, at least, sends on it
             if n != self.of(key):
                 log.info("broker %s: %s sends shared by %d processes", *key, n)
             self._counts[key] = n

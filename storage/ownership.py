@@ -50,7 +50,7 @@ class Ownership(Protocol):
         ...
 
     async def members(self, groups: Collection[str]) -> dict[str, int]:
-        """How many live processes have joined each group (at least 1)."""
+        """How many live processes have joined each group (0 for none)."""
         ...
 
     async def close(self) -> None:
@@ -144,7 +144,7 @@ class AdvisoryLocks:
                 await self._drop()
                 raise
         counts = {int(key) % 2**64: int(n) for key, n in found}
-        return {g: max(1, counts.get(lock_key(g) % 2**64, 0)) for g in groups}
+        return {g: counts.get(lock_key(g) % 2**64, 0) for g in groups}
 
     async def close(self) -> None:
         async with self._use:
@@ -238,7 +238,7 @@ class FileLocks:
             others = sum(
                 1 for slot in range(_SLOTS) if slot != mine and self._locked(fd, group, slot)
             )
-            counts[group] = others + 1 if mine is not None else max(1, others)
+            counts[group] = others + (mine is not None)
         return counts
 
     async def close(self) -> None:

@@ -25,7 +25,7 @@ from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.outbox import QueuedMessage, enqueue
 from tests.fakes.serving import running_fake
 from tests.fakes.telegram_api import FakeBot, FakeTelegram
-from tests.test_process import Launcher, Running
+from tests.test_process import Launcher, Running, child_env, run_cli
 from tests.test_telegram_process import (
     DEMO_TOKEN,
     FIRST_CHAT,
@@ -129,6 +129,9 @@ async def test_two_processes_sending_on_one_channel_keep_to_its_rate_together(
         second = await launch(unused_tcp_port_factory(), "second")
         shared = "demo: telegram sends shared by 2 processes"
         await until(lambda: _logs(first, second), lambda logs: all(shared in x for x in logs))
+        env = child_env(tmp_path, launch.database_url)
+        status = await asyncio.to_thread(run_cli, "status", "--json", env=env, cwd=tmp_path)
+        assert json.loads(status.stdout)[0]["processes"] == 2
 
         chats = range(FIRST_CHAT, FIRST_CHAT + 60)  # one message per chat: no chat limit
         await queue(engine, chats)
@@ -144,6 +147,8 @@ async def test_two_processes_sending_on_one_channel_keep_to_its_rate_together(
     busiest = max(bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
     # Each process alone would allow 10/s, 20/s together.
     assert busiest <= 10, f"{busiest} sends within one second from the two processes"
+    status = await asyncio.to_thread(run_cli, "status", "--json", env=env, cwd=tmp_path)
+    assert json.loads(status.stdout)[0]["processes"] == 0  # both killed: their locks are gone
 
 
 async def _logs(*processes: Running) -> list[str]:

@@ -119,7 +119,7 @@ async def test_status_command_prints_every_configured_channel_with_its_counters(
     lines = {tuple(line.split()[:2]): line.split() for line in result.stdout.splitlines()[1:]}
     assert set(lines) == {("demo", "webchat"), ("demo", "signed"), ("acme", "signed")}
     assert lines[("demo", "signed")][2:7] == ["4", "2", "1", "2", "1"]
-    assert lines[("demo", "webchat")][2:8] == ["0", "0", "0", "0", "0", "-"]
+    assert lines[("demo", "webchat")][2:9] == ["0", "0", "0", "0", "0", "0", "-"]  # no process
     assert "(429: slow down)" in " ".join(lines[("acme", "signed")])
 
 
@@ -128,6 +128,7 @@ async def test_status_command_speaks_json_for_scripts(filled: dict[str, str], tm
     assert result.returncode == 0, result.stderr
     by_key = {(c["broker"], c["provider"]): c for c in json.loads(result.stdout)}
     assert by_key[("demo", "signed")]["in_flight"] == 1
+    assert by_key[("demo", "signed")]["processes"] == 0
     assert "paused_until" in by_key[("acme", "signed")]
 
 
