@@ -233,6 +233,16 @@ class Capabilities:
     # At most this many messages after each message of the user (TikTok: 10); the
     # dispatcher counts and fails the next one at once.
     reply_quota: int | None = None
+    # Webhooks carry no user names, but `Adapter.profile` can ask (Messenger, Instagram).
+    profiles: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A chat user as the provider's profile shows them."""
+
+    name: str | None = None
+    username: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +465,14 @@ class Adapter:
 
     async def mark_read(self, channel_user_id: str, channel_message_id: str) -> None:
         """Mark an inbound message read; a no-op where the provider has none."""
+
+    # who a chat user is
+    async def profile(self, channel_user_id: str) -> Profile | None:
+        """The chat user's name as the provider shows it, for providers whose webhooks
+        carry none (`capabilities.profiles`). None when the provider has no profile to
+        give (not shared, no consent); raise AdapterError when it could not be asked
+        now (unreachable, throttled), so the runtime asks again later."""
+        return None
 
     # webhook management
     async def set_webhook(self, url: str) -> None:

@@ -33,6 +33,9 @@ class Features(_Strict):
     auto_reply: bool = True
     typing_indicator: bool = False
     read_receipts: bool = False
+    # Name leads from the provider's profile where webhooks carry no name (Messenger,
+    # Instagram): one profile read per new lead.
+    profile_lookup: bool = True
 
 
 class Templates(_Strict):

@@ -23,6 +23,7 @@ from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
 from leadline.runtime.owned import OwnedRunner
 from leadline.runtime.pipeline import InboundPipeline
+from leadline.runtime.profiles import ProfileFinder
 from leadline.runtime.receipts import ReadReceipts
 from leadline.runtime.replies import ReplyWorker
 from leadline.runtime.retry import RetryPolicy
@@ -185,9 +186,12 @@ async def open_service(
     )
     scheduler = OpeningScheduler(brokers.brokers, dispatcher.wake, clock)
 
+    profiles = ProfileFinder(sessions, channels, clock)
+
     def stored() -> None:
         replies.wake()
         crm.wake()
+        profiles.wake()
 
     pipeline = InboundPipeline(sessions, on_stored=stored, events_for=crm.brokers)
     service = Service(
@@ -215,6 +219,7 @@ async def open_service(
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(receipts.run(), name="read-receipts"),
         asyncio.create_task(crm.run(), name="crm-events"),
+        asyncio.create_task(profiles.run(), name="lead-profiles"),
     ]
     owner = OwnedRunner(service.ownership, settings.cluster_check_seconds)
     service._tasks.extend(

@@ -937,3 +937,39 @@ def test_ids_are_unique_across_numbers_pages_and_accounts(fake: FakeGraph) -> No
         for taken in (NUMBER_ID, PAGE_ID, "me"):
             with pytest.raises(ValueError, match="already taken"):
                 add(taken, "EAAGanotherTokenNOTREAL")
+
+
+# --- the User Profile API ---------------------------------------------------------------------
+
+
+async def test_a_profile_answers_the_fields_asked_for_and_the_id(
+    api: Api, page: FakePage, ig: FakePage
+) -> None:
+    page.add_profile(PSID, first_name="Peter", last_name="Chang", profile_pic="https://x/p.jpg")
+    status, body = await api.get(f"/v23.0/{PSID}", params={"fields": "first_name,last_name"})
+    assert (status, body) == (200, {"id": PSID, "first_name": "Peter", "last_name": "Chang"})
+    ig.add_profile(IGSID, name="Peter Chang", username="peter.chang", follower_count=1234)
+    status, body = await api.get(
+        f"/v23.0/{IGSID}", headers=IG_AUTH, params={"fields": "name,username"}
+    )
+    assert (status, body) == (200, {"id": IGSID, "name": "Peter Chang", "username": "peter.chang"})
+
+
+async def test_a_user_without_a_profile_is_graph_error_2018218(api: Api, page: FakePage) -> None:
+    page.add_profile(PSID)
+    status, body = await api.get(f"/v23.0/{PSID}", params={"fields": "first_name"})
+    assert status == 400
+    assert assert_graph_error(body, 2018218)["message"] == "No profile available for this user."
+
+
+async def test_profile_faults_and_an_expired_token_apply_to_profile_reads(
+    api: Api, page: FakePage
+) -> None:
+    page.add_profile(PSID, first_name="Peter")
+    page.fail_next_profile("500")
+    status, body = await api.get(f"/v23.0/{PSID}", params={"fields": "first_name"})
+    assert status == 500 and assert_graph_error(body, 2)
+    assert (await api.get(f"/v23.0/{PSID}", params={"fields": "first_name"}))[0] == 200
+    page.expire_token()
+    status, body = await api.get(f"/v23.0/{PSID}", params={"fields": "first_name"})
+    assert status == 401 and assert_graph_error(body, 190)

@@ -29,11 +29,16 @@ from leadline.adapters.base import (
     Capabilities,
     InboundEvent,
     OutboundMessage,
+    Profile,
     RateLimit,
     SendResult,
 )
 from leadline.adapters.graph_messaging.client import GraphClient, GraphError
-from leadline.adapters.graph_messaging.errors import network_error, send_error
+from leadline.adapters.graph_messaging.errors import (
+    network_error,
+    profile_unavailable,
+    send_error,
+)
 from leadline.adapters.graph_messaging.outbound import (
     MARGIN,
     PACED,
@@ -74,6 +79,7 @@ def messaging_capabilities(per_second: float) -> Capabilities:
         rate_limit=RateLimit(per_second, 1.0),  # for text; audio and video: 10/s (Pacer)
         messaging_window_seconds=24 * 3600,
         echoes=True,
+        profiles=True,
     )
 
 
@@ -83,6 +89,7 @@ class GraphMessagingAdapter(meta.MetaWebhooks, Adapter):
     object_kind: ClassVar[str] = ""  # the webhook body's `object`
     rules: ClassVar[Rules] = Rules()
     subscribed_fields: ClassVar[Sequence[str]] = ()
+    profile_fields: ClassVar[str] = ""  # what `GET /<user id>` asks for (User Profile API)
     settings: meta.MetaAppConfig
 
     def __init__(self, config: ProviderConfig, context: AdapterContext) -> None:
@@ -101,6 +108,10 @@ class GraphMessagingAdapter(meta.MetaWebhooks, Adapter):
 
     async def identify(self, client: GraphClient) -> str:
         """Check the credentials against the API; returns the account id webhooks name."""
+        raise NotImplementedError
+
+    def read_profile(self, answer: Mapping[str, Any]) -> Profile:
+        """A User Profile API answer as a Profile."""
         raise NotImplementedError
 
     async def our_app_id(self, client: GraphClient) -> str | None:
@@ -205,6 +216,20 @@ class GraphMessagingAdapter(meta.MetaWebhooks, Adapter):
     async def _sender_action(self, user: str, action: str) -> None:
         body = {"recipient": {"id": user}, "sender_action": action}
         await self._call(f"{self.endpoint().node}/messages", body)
+
+    # --- who a chat user is ---------------------------------------------------------------
+
+    async def profile(self, channel_user_id: str) -> Profile | None:
+        try:
+            answer = await self.client.get(channel_user_id, {"fields": self.profile_fields})
+        except GraphError as exc:
+            if profile_unavailable(exc):
+                return None
+            raise AdapterError(f"the profile could not be read: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdapterError(f"Graph API unreachable: {exc.__class__.__name__}") from None
+        found = self.read_profile(answer)
+        return found if found.name or found.username else None
 
     # --- webhook subscription -------------------------------------------------------------
 

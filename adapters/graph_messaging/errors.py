@@ -18,6 +18,7 @@ WINDOW_SUBCODES = frozenset({2018278, 2534022})
 # Throttles of the whole Page or app, with how long the channel waits.
 CHANNEL_THROTTLES: dict[int, float] = {613: 10.0, 4: 60.0}
 TRANSIENT = frozenset({1, 2})  # "unknown" and "service temporarily unavailable"
+TOKEN_INVALID = 190
 
 
 def send_error(exc: GraphError) -> SendError:
@@ -37,3 +38,13 @@ def send_error(exc: GraphError) -> SendError:
 def network_error(exc: aiohttp.ClientError | TimeoutError) -> RetryableSendError:
     """A timeout or a dropped connection: the message may or may not have gone."""
     return RetryableSendError(f"Graph API unreachable: {exc.__class__.__name__}", code="network")
+
+
+def profile_unavailable(exc: GraphError) -> bool:
+    """The User Profile API has no profile to give, and asking again will not help:
+    a 4xx other than a throttle. Meta names 2018218 ("No profile available for this
+    user": accounts made with a phone number) and "User consent is required"; an app
+    without the Business Asset User Profile Access feature gets a permission error."""
+    throttled = exc.code in CHANNEL_THROTTLES or exc.code in TRANSIENT or exc.status == 429
+    token = exc.code == TOKEN_INVALID  # the channel's trouble, not the user's
+    return 400 <= exc.status < 500 and not throttled and not token

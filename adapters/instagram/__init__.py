@@ -11,9 +11,12 @@ Text is limited to 1,000 bytes of UTF-8 per message; longer text is split.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from leadline.adapters.base import AdapterError
+from leadline.adapters.base import AdapterError, Profile
 from leadline.adapters.graph_messaging import (
     Endpoint,
     GraphMessagingAdapter,
@@ -76,6 +79,7 @@ class InstagramAdapter(GraphMessagingAdapter):
     # keeps no media by URL for reuse.
     rules = Rules(max_bytes=1000, in_window_type=None, tag_ours=False, reusable=False)
     subscribed_fields = ("messages", "messaging_seen", "message_reactions", "messaging_postbacks")
+    profile_fields = "name,username"  # Instagram's User Profile API; either may be null
     settings: InstagramConfig
 
     def endpoint(self) -> Endpoint:
@@ -112,3 +116,10 @@ class InstagramAdapter(GraphMessagingAdapter):
     async def our_app_id(self, client: GraphClient) -> str | None:
         # An Instagram Login token sees only its own app's subscription.
         return await app_id_of(client) if self.settings.page_linked else None
+
+    def read_profile(self, answer: Mapping[str, Any]) -> Profile:
+        name, username = answer.get("name"), answer.get("username")
+        return Profile(
+            name=name.strip() or None if isinstance(name, str) else None,
+            username=username.strip() or None if isinstance(username, str) else None,
+        )

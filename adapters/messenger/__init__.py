@@ -6,8 +6,12 @@ Everything but the settings and the limits is shared with Instagram in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import Field, SecretStr, field_validator
 
+from leadline.adapters.base import Profile
 from leadline.adapters.graph_messaging import (
     Endpoint,
     GraphMessagingAdapter,
@@ -45,6 +49,8 @@ class MessengerAdapter(GraphMessagingAdapter):
         "message_reads",
         "message_reactions",
     )
+    # id, name, first_name, last_name and profile_pic are what Meta grants (User Profile API)
+    profile_fields = "first_name,last_name"
     settings: MessengerConfig
 
     def endpoint(self) -> Endpoint:
@@ -59,3 +65,8 @@ class MessengerAdapter(GraphMessagingAdapter):
 
     async def our_app_id(self, client: GraphClient) -> str | None:
         return await app_id_of(client)
+
+    def read_profile(self, answer: Mapping[str, Any]) -> Profile:
+        parts = [answer.get("first_name"), answer.get("last_name")]
+        name = " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+        return Profile(name=name or None)

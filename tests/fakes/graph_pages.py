@@ -9,6 +9,9 @@ PROVIDERS.md §2, §4 and §5 and the `messenger_*` and `instagram_*` fixtures:
   answered `{recipient_id}`;
 - `GET /<version>/<ID>` answers a Page's `{id, name, instagram_business_account?}` or an
   Instagram account's `{id, username, user_id}` (the `fields` query is ignored);
+- `GET /<version>/<USER ID>?fields=...` (User Profile API) answers a chat user's profile,
+  the fields asked for that it holds and `id` (`page.add_profile`), or error 2018218 "No
+  profile available for this user." for a user added without one;
 - `GET|POST /<version>/<ID>/subscribed_apps` reads or sets the app's webhook fields;
 - `GET /<version>/app` answers `{id, name}` of the app any known token belongs to.
 
@@ -147,6 +150,9 @@ PAGE_ERRORS: dict[str, ErrorSpec] = {
         None,
         message="An unexpected error has occurred. Please retry your request later.",
     ),
+    # The User Profile API page: "the API will return the error code 2018218 along with
+    # the message 'No profile available for this user.'" (accounts made with a phone).
+    "2018218": ErrorSpec(400, 2018218, "", None, message="No profile available for this user."),
 }
 FAULT_KINDS = frozenset(PAGE_ERRORS) | {"drop", "slow"}
 
@@ -221,6 +227,9 @@ class FakePage:
         # A Page only: recipient ids that are Instagram users of the linked account.
         self.instagram_recipients: set[str] = set()
         self.latency = 0.0  # seconds every answer takes
+        # Chat users' profiles by PSID or IGSID; None: the user has none to give (2018218).
+        self.profiles: dict[str, dict[str, Any] | None] = {}
+        self.profile_faults: list[Fault] = []
         # Runs after a send is accepted and before its answer goes back: a test may
         # deliver the echo or delivery webhook from here.
         self.before_answer: Callable[[SentPageMessage], Awaitable[None]] | None = None
@@ -249,6 +258,17 @@ class FakePage:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         self.faults.append(Fault(kind, count, to, delay, status))
+
+    def add_profile(self, user_id: str, **fields: Any) -> None:
+        """A chat user's profile (Messenger: first_name, last_name; Instagram: name,
+        username); with no fields, a user with no profile to give."""
+        self.profiles[user_id] = {"id": user_id, **fields} if fields else None
+
+    def fail_next_profile(self, kind: str, count: int = 1) -> None:
+        """Make the next `count` profile reads fail as `kind` (the kinds of fail_next)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        self.profile_faults.append(Fault(kind, count))
 
     def expire_token(self) -> None:
         """From now on every call with this token answers 190 (session expired)."""
@@ -330,6 +350,9 @@ class PageRoutes:
     async def details(self, request: web.Request, object_id: str) -> web.StreamResponse:
         token = request_token(request)
         self._log(request, object_id, token, None)
+        owners = self._profile_owners(object_id, token)
+        if owners is not None:
+            return await self._profile(request, *owners, object_id)
         try:
             page = self._authorize(object_id, token, "get")
             if page.latency:
@@ -376,7 +399,36 @@ class PageRoutes:
             return _error(GraphError(ERRORS["190"]), _version(request), whatsapp=False)
         return web.json_response({"id": graph.app_id, "name": APP_NAME})
 
+    async def _profile(
+        self, request: web.Request, caller: FakePage, holder: FakePage, user: str
+    ) -> web.StreamResponse:
+        try:
+            if caller.token_expired:
+                raise GraphError(PAGE_ERRORS["190"])
+            fault = _take(holder.profile_faults, None)
+            if fault is not None:
+                await _apply_fault(request, fault, PAGE_ERRORS)
+            profile = holder.profiles[user]
+            if profile is None:
+                raise GraphError(PAGE_ERRORS["2018218"])
+            asked = request.query.get("fields", "").split(",")
+            return web.json_response({k: v for k, v in profile.items() if k in asked or k == "id"})
+        except GraphError as exc:
+            return _error(exc, _version(request), whatsapp=False)
+
     # --- authorization and routing --------------------------------------------------------
+
+    def _profile_owners(self, user: str, token: str | None) -> tuple[FakePage, FakePage] | None:
+        """The Page or account whose token asks, and the one that holds the user's
+        profile: itself, or for a Page its linked Instagram account's users."""
+        for page in self.graph.pages.values():
+            if token is None or page.access_token != token:
+                continue
+            linked = self.graph.pages.get(page.instagram_account_id or "")
+            for holder in (page, linked):
+                if holder is not None and user in holder.profiles:
+                    return page, holder
+        return None
 
     def _authorize(self, object_id: str, token: str | None, verb: str) -> FakePage:
         """The Page or account `object_id` names (`me`: the token's own), if the token is

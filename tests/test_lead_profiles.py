@@ -1,0 +1,178 @@
+"""Leads met on Messenger and Instagram, whose webhooks carry no names, are named from the
+provider's User Profile API: through the real webhook route, the real adapters and the
+fake Graph API on loopback."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from leadline.adapters.base import AdapterError, Profile
+from leadline.runtime.profiles import ProfileFinder
+from leadline.storage.engine import make_session_factory
+from leadline.storage.profiles import Nameless, name_lead
+from tests import test_messenger_instagram_webhooks as webhooks
+from tests.conftest import AppFactory, AppHarness, wait_for
+from tests.helpers import rows
+from tests.test_messenger_instagram_webhooks import IGSID, PSID, Meta, fresh, post, start
+
+meta_fakes = webhooks.graph  # the `graph` fixture: both Meta hosts faked, on loopback
+
+
+async def lead_of(app: AppHarness, provider: str, user: str) -> dict[str, Any] | None:
+    found = await rows(
+        app.service.engine,
+        "SELECT l.*, c.channel_username FROM leads l JOIN lead_channels c ON c.lead_id = l.id "
+        "WHERE c.provider = :p AND c.channel_user_id = :u",
+        p=provider,
+        u=user,
+    )
+    return found[0] if found else None
+
+
+def profile_reads(fake: Any, user: str) -> int:
+    return len([r for r in fake.requests if r.http_method == "GET" and r.path.endswith(user)])
+
+
+async def named(app: AppHarness, provider: str, user: str) -> str | None:
+    lead = await lead_of(app, provider, user)
+    return lead["name"] if lead else None
+
+
+async def test_a_messenger_lead_is_named_from_its_profile_after_its_first_message(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana", last_name="García", profile_pic="https://x")
+    app = await start(make_app, meta_fakes)
+    assert (await post(app, fresh("messenger_text.json"), "messenger")).status == 200
+
+    async def has_name() -> bool:
+        return await named(app, "messenger", PSID) == "Ana García"
+
+    await wait_for(has_name, timeout=10)
+    assert profile_reads(meta_fakes.facebook, PSID) == 1
+
+
+async def test_an_instagram_lead_gets_its_name_and_its_username(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.account.add_profile(IGSID, name="Bruno Díaz", username="bruno.homes")
+    app = await start(make_app, meta_fakes)
+    assert (await post(app, fresh("instagram_text.json"), "instagram")).status == 200
+
+    async def has_name() -> bool:
+        return await named(app, "instagram", IGSID) == "Bruno Díaz"
+
+    await wait_for(has_name, timeout=10)
+    lead = await lead_of(app, "instagram", IGSID)
+    assert lead is not None and lead["channel_username"] == "bruno.homes"
+
+
+async def test_a_user_with_no_profile_is_recorded_and_never_asked_again(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID)  # a Messenger account made with a phone number: 2018218
+    app = await start(make_app, meta_fakes)
+    await post(app, fresh("messenger_text.json"), "messenger")
+
+    async def recorded() -> bool:
+        lead = await lead_of(app, "messenger", PSID)
+        metadata = lead and lead["lead_metadata"]
+        return bool(metadata) and "messenger" in _json(metadata).get("no_profile", [])
+
+    await wait_for(recorded, timeout=10)
+    later = fresh("messenger_text.json")
+    later["entry"][0]["messaging"][0]["message"]["mid"] += "-later"
+    await post(app, later, "messenger")
+    await wait_for(lambda: _inbound(app, 2), timeout=10)
+    await app.service.pipeline.stop()  # nothing more to wake for
+    assert profile_reads(meta_fakes.facebook, PSID) == 1
+    restarted = ProfileFinder(app.service.sessions, app.service.channels, pace=0)
+    await restarted.round()  # a new process looks back a week: the record stops it
+    assert profile_reads(meta_fakes.facebook, PSID) == 1
+    assert await named(app, "messenger", PSID) is None
+
+
+async def test_a_profile_that_could_not_be_read_is_read_when_more_comes(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    meta_fakes.demo.fail_next_profile("500")  # Graph's code 2: "please retry later"
+    app = await start(make_app, meta_fakes)
+    await post(app, fresh("messenger_text.json"), "messenger")
+    await wait_for(lambda: _reads(meta_fakes, 1), timeout=10)
+    assert await named(app, "messenger", PSID) is None
+
+    later = fresh("messenger_text.json")
+    later["entry"][0]["messaging"][0]["message"]["mid"] += "-later"
+    await post(app, later, "messenger")  # a new delivery wakes the finder
+
+    async def has_name() -> bool:
+        return await named(app, "messenger", PSID) == "Ana"
+
+    await wait_for(has_name, timeout=10)
+    assert profile_reads(meta_fakes.facebook, PSID) == 2
+
+
+async def test_profile_lookup_turned_off_reads_no_profile(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    app = await start(make_app, meta_fakes, features="profile_lookup = false")
+    await post(app, fresh("messenger_text.json"), "messenger")
+    await wait_for(lambda: _inbound(app, 1), timeout=10)
+    await wait_for(lambda: _welcomed(app), timeout=10)  # the service has moved on
+    assert profile_reads(meta_fakes.facebook, PSID) == 0
+    assert await named(app, "messenger", PSID) is None
+
+
+async def test_an_expired_token_is_the_channels_trouble_not_a_missing_profile(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    app = await start(make_app, meta_fakes, features="profile_lookup = false")
+    adapter = app.adapter("demo", "messenger")
+    assert await adapter.profile(PSID) == Profile(name="Ana")
+    meta_fakes.demo.add_profile("999", first_name=" ", last_name="")
+    assert await adapter.profile("999") is None  # blank names are no name
+    meta_fakes.demo.expire_token()
+    with pytest.raises(AdapterError) as raised:
+        await adapter.profile(PSID)
+    assert "EAAG" not in str(raised.value)
+
+
+async def test_a_name_the_broker_gave_is_never_overwritten_by_a_profile(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    app = await start(make_app, meta_fakes, features="profile_lookup = false")
+    await post(app, fresh("messenger_text.json"), "messenger")
+    await wait_for(lambda: _inbound(app, 1), timeout=10)
+    lead = await lead_of(app, "messenger", PSID)
+    assert lead is not None
+    async with app.service.engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE leads SET name = 'Ana (CRM)' WHERE id = :id"), lead)
+    who = Nameless(lead["id"], "demo", "messenger", PSID)
+    async with make_session_factory(app.service.engine)() as session, session.begin():
+        assert not await name_lead(session, who, "Ana García", None)
+    assert await named(app, "messenger", PSID) == "Ana (CRM)"
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def _inbound(app: AppHarness, n: int) -> bool:
+    found = await rows(app.service.engine, "SELECT id FROM chat_messages WHERE direction = 'in'")
+    return len(found) == n
+
+
+async def _welcomed(app: AppHarness) -> bool:
+    found = await rows(app.service.engine, "SELECT status FROM chat_messages WHERE direction='out'")
+    return bool(found) and found[0]["status"] != "pending"
+
+
+async def _reads(fakes: Meta, n: int) -> bool:
+    return profile_reads(fakes.facebook, PSID) == n
