@@ -402,3 +402,29 @@ async def test_unreachable_api_marks_the_bot_down_then_it_recovers(
     await wait_for(lambda: _has(inbound(app)), timeout=15)
     channel = app.service.channels.get("demo", "telegram")
     assert channel is not None and channel.state == "up"
+
+
+async def test_the_webhook_check_names_a_foreign_url_withheld_updates_and_failing_deliveries(
+    world: World, make_app: AppFactory
+):
+    app = await make_app(webhook_toml(world.base), ENV, public_url=PUBLIC_URL)
+    adapter = app.adapter("demo", "telegram")
+    assert await adapter.subscription_problem() is None
+    assert world.demo.webhook is not None
+    world.demo.webhook.allowed_updates = ["message"]
+    problem = await adapter.subscription_problem()
+    assert problem == "Telegram withholds edited_message, callback_query updates from this webhook"
+    await adapter.subscribe()  # sets it again, with every kind of update
+    assert await adapter.subscription_problem() is None
+
+    world.demo.fail_delivery("Wrong response from the webhook: 502 Bad Gateway")
+    assert await adapter.subscription_problem() is None  # nothing waits: it recovered
+    world.demo.push_update(world.demo.text_update(CHAT, "waiting"))
+    problem = await adapter.subscription_problem()
+    assert problem is not None and "502 Bad Gateway" in problem and "1 updates wait" in problem
+    world.demo.fail_delivery("Connection timed out", at=time.time() - 2 * 3600)
+    assert await adapter.subscription_problem() is None  # an old error is history
+
+    world.demo.webhook.url = "https://elsewhere.example/hook"
+    problem = await adapter.subscription_problem()
+    assert problem == "Telegram delivers updates to https://elsewhere.example/hook, not here"

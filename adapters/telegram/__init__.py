@@ -20,6 +20,7 @@ import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,6 +66,7 @@ def _errors() -> ModuleType:
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
+RECENT_ERROR = timedelta(hours=1)
 TOKEN_PATTERN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{1,200}")
 SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 MEDIA_METHODS = {
@@ -377,6 +379,18 @@ class TelegramAdapter(Adapter):
         info = await self.bot.get_webhook_info()
         if info.url != self.webhook_url():
             return f"Telegram delivers updates to {info.url or 'no webhook'}, not here"
+        withheld = [kind for kind in ALLOWED_UPDATES if kind not in (info.allowed_updates or [])]
+        if info.allowed_updates is not None and withheld:
+            return f"Telegram withholds {', '.join(withheld)} updates from this webhook"
+        failed = info.last_error_date
+        # Telegram keeps its last error after later successes: it matters only while
+        # updates pile up behind it.
+        if failed is not None and info.pending_update_count and _recent(failed):
+            return (
+                f"Telegram could not deliver here at {failed:%Y-%m-%d %H:%M} UTC "
+                f"({info.last_error_message or 'no reason given'}); "
+                f"{info.pending_update_count} updates wait"
+            )
         return None
 
     async def subscribe(self) -> None:
@@ -429,3 +443,7 @@ def _callback_query_id(event: InboundEvent) -> str | None:
     message_id = getattr(event, "channel_message_id", "")
     query_id = message_id.removeprefix("cb:")
     return query_id if re.fullmatch(r"[A-Za-z0-9_-]{1,128}", query_id) else None
+
+
+def _recent(moment: datetime) -> bool:
+    return datetime.now(UTC) - moment < RECENT_ERROR

@@ -174,6 +174,9 @@ class Webhook:
     secret_token: str | None
     allowed_updates: list[str] | None
     max_connections: int
+    # The most recent failed delivery, as getWebhookInfo reports it (`fail_delivery`).
+    last_error_date: int | None = None
+    last_error_message: str | None = None
 
 
 def _unique_id(file_id: str) -> str:
@@ -229,6 +232,14 @@ class FakeBot:
     def revoke(self) -> None:
         """From now on every call with this token answers 401, as after /revoke in BotFather."""
         self.revoked = True
+
+    def fail_delivery(self, message: str, at: float | None = None) -> None:
+        """Record a failed webhook delivery (at `at`, Unix time; default now), as
+        getWebhookInfo's last_error_date and last_error_message then report it."""
+        if self.webhook is None:
+            raise ValueError("no webhook is set for this bot")
+        self.webhook.last_error_date = int(time.time() if at is None else at)
+        self.webhook.last_error_message = message
 
     def fail_next(
         self,
@@ -682,6 +693,9 @@ class FakeTelegram:
             info["max_connections"] = bot.webhook.max_connections
             if bot.webhook.allowed_updates is not None:
                 info["allowed_updates"] = bot.webhook.allowed_updates
+            if bot.webhook.last_error_date is not None:
+                info["last_error_date"] = bot.webhook.last_error_date
+                info["last_error_message"] = bot.webhook.last_error_message
         return info
 
     async def _get_file(self, bot: FakeBot, method: str, params: dict[str, Any]) -> Any:
