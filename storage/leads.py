@@ -137,16 +137,21 @@ async def _create_leads(
     return created
 
 
+def channel_is(broker_id: str, provider: str, channel_user_id: str) -> sa.ColumnElement[bool]:
+    """The `lead_channels` row of one chat user."""
+    return sa.and_(
+        col(LeadChannel.broker_id) == broker_id,
+        col(LeadChannel.provider) == provider,
+        col(LeadChannel.channel_user_id) == channel_user_id,
+    )
+
+
 async def _rename(session: AsyncSession, people: Iterable[ChannelIdentity]) -> None:
     """A chat user changed their username: rare, so one statement each is fine."""
     for who in people:
         await session.exec(
             sa.update(LeadChannel)
-            .where(
-                col(LeadChannel.broker_id) == who.broker_id,
-                col(LeadChannel.provider) == who.provider,
-                col(LeadChannel.channel_user_id) == who.channel_user_id,
-            )
+            .where(channel_is(*identity_of(who)))
             .values(channel_username=who.channel_username)
         )
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from leadline.storage.leads import channel_is
 from leadline.storage.models import Lead, LeadChannel
 from leadline.storage.types import utcnow
 
@@ -79,9 +80,7 @@ async def name_lead(
         await session.exec(
             sa.update(LeadChannel)
             .where(
-                col(LeadChannel.broker_id) == who.broker_id,
-                col(LeadChannel.provider) == who.provider,
-                col(LeadChannel.channel_user_id) == who.channel_user_id,
+                channel_is(who.broker_id, who.provider, who.channel_user_id),
                 col(LeadChannel.channel_username).is_(None),
             )
             .values(channel_username=username)

@@ -46,6 +46,15 @@ async def launch(tmp_path: Path, database_url: str) -> AsyncIterator[Launcher]:
     launcher.kill_all()
 
 
+@pytest.fixture
+async def bot_api() -> AsyncIterator[tuple[FakeBot, str]]:
+    """The demo bot on the fake Bot API, and the API's base URL."""
+    fake = FakeTelegram()
+    bot = fake.add_bot(DEMO_TOKEN, "demo_realty_bot")
+    async with running_fake(fake) as base:
+        yield bot, base
+
+
 async def polling_role(running: Running) -> str | None:
     async with aiohttp.ClientSession() as http, http.get(running.base + "/healthz") as response:
         health = json.loads(await response.text())
@@ -71,33 +80,30 @@ async def test_one_of_two_processes_polls_a_bot_and_the_other_takes_over_when_it
     launch: Launcher,
     unused_tcp_port_factory: Callable[[], int],
     engine: AsyncEngine,
+    bot_api: tuple[FakeBot, str],
 ) -> None:
-    fake = FakeTelegram()
-    bot = fake.add_bot(DEMO_TOKEN, "demo_realty_bot")
-    async with running_fake(fake) as base:
-        (tmp_path / "brokers.toml").write_text(
-            broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base)
-        )
-        first = await launch(unused_tcp_port_factory(), "first")
-        second = await launch(unused_tcp_port_factory(), "second")
-        found = await until(lambda: roles(first, second), lambda r: None not in r)
-        assert sorted(found) == ["owner", "standby"]
-        owner, standby = (first, second) if found[0] == "owner" else (second, first)
+    bot, base = bot_api
+    (tmp_path / "brokers.toml").write_text(broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base))
+    first = await launch(unused_tcp_port_factory(), "first")
+    second = await launch(unused_tcp_port_factory(), "second")
+    found = await until(lambda: roles(first, second), lambda r: None not in r)
+    assert sorted(found) == ["owner", "standby"]
+    owner, standby = (first, second) if found[0] == "owner" else (second, first)
 
-        keys = push(bot, 0, 20)
-        await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 20)
-        await asyncio.sleep(10 * CHECK_SECONDS)  # the standby keeps trying meanwhile
-        assert bot.conflicts == 0, "two processes polled the bot at once"
-        assert await roles(owner, standby) == ["owner", "standby"]
+    keys = push(bot, 0, 20)
+    await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 20)
+    await asyncio.sleep(10 * CHECK_SECONDS)  # the standby keeps trying meanwhile
+    assert bot.conflicts == 0, "two processes polled the bot at once"
+    assert await roles(owner, standby) == ["owner", "standby"]
 
-        owner.process.kill()  # SIGKILL: its lock goes with it, nothing is handed over
-        await asyncio.to_thread(owner.process.wait)
-        keys |= push(bot, 20, 20)
-        await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 40)
-        assert await polling_role(standby) == "owner"
-        ids = await inbound_ids(engine)
-        standby.process.kill()
-        await asyncio.to_thread(standby.process.wait)
+    owner.process.kill()  # SIGKILL: its lock goes with it, nothing is handed over
+    await asyncio.to_thread(owner.process.wait)
+    keys |= push(bot, 20, 20)
+    await until(lambda: inbound_ids(engine), lambda ids: len(ids) == 40)
+    assert await polling_role(standby) == "owner"
+    ids = await inbound_ids(engine)
+    standby.process.kill()  # before the fake goes away under its long poll
+    await asyncio.to_thread(standby.process.wait)
 
     assert [k for k, n in Counter(ids).items() if n > 1] == []
     assert set(ids) == keys
@@ -117,29 +123,27 @@ async def test_two_processes_sending_on_one_channel_keep_to_its_rate_together(
     launch: Launcher,
     unused_tcp_port_factory: Callable[[], int],
     engine: AsyncEngine,
+    bot_api: tuple[FakeBot, str],
 ) -> None:
-    fake = FakeTelegram()
-    bot = fake.add_bot(DEMO_TOKEN, "demo_realty_bot")
-    async with running_fake(fake) as base:
-        rate = "\n[brokers.demo.rate_limits]\ntelegram = { messages_per_second = 10 }\n"
-        (tmp_path / "brokers.toml").write_text(
-            broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base) + rate
-        )
-        first = await launch(unused_tcp_port_factory(), "first")
-        second = await launch(unused_tcp_port_factory(), "second")
-        shared = "demo: telegram sends shared by 2 processes"
-        await until(lambda: _logs(first, second), lambda logs: all(shared in x for x in logs))
-        env = child_env(tmp_path, launch.database_url)
-        status = await asyncio.to_thread(run_cli, "status", "--json", env=env, cwd=tmp_path)
-        assert json.loads(status.stdout)[0]["processes"] == 2
+    bot, base = bot_api
+    rate = "\n[brokers.demo.rate_limits]\ntelegram = { messages_per_second = 10 }\n"
+    toml = broker_toml("demo", "Demo Realty", "DEMO_TOKEN", base) + rate
+    (tmp_path / "brokers.toml").write_text(toml)
+    first = await launch(unused_tcp_port_factory(), "first")
+    second = await launch(unused_tcp_port_factory(), "second")
+    shared = "demo: telegram sends shared by 2 processes"
+    await until(lambda: _logs(first, second), lambda logs: all(shared in x for x in logs))
+    env = child_env(tmp_path, launch.database_url)
+    status = await asyncio.to_thread(run_cli, "status", "--json", env=env, cwd=tmp_path)
+    assert json.loads(status.stdout)[0]["processes"] == 2
 
-        chats = range(FIRST_CHAT, FIRST_CHAT + 60)  # one message per chat: no chat limit
-        await queue(engine, chats)
-        await until(lambda: _sent(bot), lambda n: n == 60, timeout=30)
-        await asyncio.sleep(1.0)  # a stray second send would show by now
-        for running in (first, second):
-            running.process.kill()
-            await asyncio.to_thread(running.process.wait)
+    chats = range(FIRST_CHAT, FIRST_CHAT + 60)  # one message per chat: no chat limit
+    await queue(engine, chats)
+    await until(lambda: _sent(bot), lambda n: n == 60, timeout=30)
+    await asyncio.sleep(1.0)  # a stray second send would show by now
+    for running in (first, second):
+        running.process.kill()
+        await asyncio.to_thread(running.process.wait)
 
     calls = [c for c in bot.sent if c.method == "sendMessage"]
     assert sorted(c.params["chat_id"] for c in calls) == list(chats)

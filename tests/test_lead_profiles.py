@@ -96,7 +96,7 @@ async def test_a_user_with_no_profile_is_recorded_and_never_asked_again(
     assert await named(app, "messenger", PSID) is None
 
 
-async def test_a_profile_that_could_not_be_read_is_read_when_more_comes(
+async def test_a_profile_that_could_not_be_read_is_read_again_later(
     make_app: AppFactory, meta_fakes: Meta
 ) -> None:
     meta_fakes.demo.add_profile(PSID, first_name="Ana")
@@ -104,17 +104,16 @@ async def test_a_profile_that_could_not_be_read_is_read_when_more_comes(
     app = await start(make_app, meta_fakes)
     await post(app, fresh("messenger_text.json"), "messenger")
     await wait_for(lambda: _reads(meta_fakes, 1), timeout=10)
-    assert await named(app, "messenger", PSID) is None
 
     later = fresh("messenger_text.json")
     later["entry"][0]["messaging"][0]["message"]["mid"] += "-later"
-    await post(app, later, "messenger")  # a new delivery wakes the finder
+    await post(app, later, "messenger")  # a new delivery wakes the finder, if nothing did
 
     async def has_name() -> bool:
         return await named(app, "messenger", PSID) == "Ana"
 
     await wait_for(has_name, timeout=10)
-    assert profile_reads(meta_fakes.facebook, PSID) == 2
+    assert profile_reads(meta_fakes.facebook, PSID) == 2  # the failed read, then the good one
 
 
 async def test_profile_lookup_turned_off_reads_no_profile(
@@ -175,4 +174,4 @@ async def _welcomed(app: AppHarness) -> bool:
 
 
 async def _reads(fakes: Meta, n: int) -> bool:
-    return profile_reads(fakes.facebook, PSID) == n
+    return profile_reads(fakes.facebook, PSID) >= n
