@@ -73,3 +73,16 @@ class OwnedRunner:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task})  # unlike `await task`, keeps our own cancel
+
+
+async def own_forever(owner: OwnedRunner, name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Until cancelled: run `work` whenever this process owns `name` (a job that runs
+    for as long as it is let, such as the scheduler)."""
+    while True:
+        try:
+            await owner.run(name, work, lambda _: None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; trying again", name)
+        await asyncio.sleep(owner.check_seconds)

@@ -6,11 +6,14 @@ The scheduler only makes it go at the minute of the opening: its jobs are made
 anew from the calendars at every start. A cron trigger per weekly opening, in the
 broker's time zone (APScheduler follows daylight-saving changes), and one dated
 job for the next opening, which also catches the end of a holiday or a closure.
-Every process may run its own: a wake only makes the dispatcher look sooner.
+With several processes on one database, one of them runs the jobs at a time
+(`run`, under runtime/owned.py, as DESIGN.md asks); the others' dispatchers find
+what became due at their next look, within seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -71,6 +74,14 @@ class OpeningScheduler:
                 self._add(f"{broker.id}:weekly:{n}", broker.id, trigger)
             self._plan_next(broker)
         self._scheduler.start()
+
+    async def run(self) -> None:
+        """Run the jobs until cancelled: what the process owning the scheduler does."""
+        self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         scheduler, self._scheduler = self._scheduler, None

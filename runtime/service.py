@@ -21,7 +21,7 @@ from leadline.runtime.crm_sender import CrmSender
 from leadline.runtime.dispatcher import DeliveryOptions, Dispatcher
 from leadline.runtime.inbox import ChannelInbox
 from leadline.runtime.logs import Redactor
-from leadline.runtime.owned import OwnedRunner
+from leadline.runtime.owned import OwnedRunner, own_forever
 from leadline.runtime.pipeline import InboundPipeline
 from leadline.runtime.profiles import ProfileFinder
 from leadline.runtime.receipts import ReadReceipts
@@ -210,10 +210,11 @@ async def open_service(
         clock,
     )
     pipeline.start()
-    scheduler.start()
     await channels.start()
     await shares.join()
+    owner = OwnedRunner(service.ownership, settings.cluster_check_seconds)
     service._tasks = [
+        asyncio.create_task(own_forever(owner, "scheduler", scheduler.run), name="scheduler"),
         asyncio.create_task(shares.run(), name="send-shares"),
         asyncio.create_task(replies.run(), name="reply-worker"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
@@ -221,7 +222,6 @@ async def open_service(
         asyncio.create_task(crm.run(), name="crm-events"),
         asyncio.create_task(profiles.run(), name="lead-profiles"),
     ]
-    owner = OwnedRunner(service.ownership, settings.cluster_check_seconds)
     service._tasks.extend(
         asyncio.create_task(
             supervise(c, service.inbox(*c.key), owner=owner), name=f"channel {c.key}"

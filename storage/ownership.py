@@ -95,7 +95,7 @@ class SoleOwner:
 
 # pg_locks shows a bigint advisory key as its two halves, with objsubid = 1.
 MEMBERS_SQL = """
-SELECT classid::bigint * 4294967296 + objid::bigint AS key, count(*) AS n FROM pg_locks
+SELECT classid::bigint AS high, objid::bigint AS low, count(*) AS n FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 1 AND mode = 'ShareLock' AND granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 GROUP BY classid, objid
@@ -143,7 +143,8 @@ class AdvisoryLocks:
             except Exception:
                 await self._drop()
                 raise
-        counts = {int(key) % 2**64: int(n) for key, n in found}
+        # The halves are unsigned 32-bit oids: their product would overflow a bigint.
+        counts = {(int(high) << 32) | int(low): int(n) for high, low, n in found}
         return {g: counts.get(lock_key(g) % 2**64, 0) for g in groups}
 
     async def close(self) -> None:

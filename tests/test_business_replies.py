@@ -329,6 +329,7 @@ async def test_the_scheduler_wakes_the_dispatcher_at_each_opening(make_app: AppF
     broker = app.brokers.brokers["demo"]
     triggers = weekly_triggers(broker)
     assert len(triggers) == 7  # one per span of the week
+    await wait_for(lambda: _true(bool(app.service.scheduler.jobs())), timeout=10)
     jobs = dict(app.service.scheduler.jobs())
     assert jobs["demo:next"] == MONDAY_OPENING
     woken: list[bool] = []
@@ -340,6 +341,20 @@ async def test_the_scheduler_wakes_the_dispatcher_at_each_opening(make_app: AppF
     # The next dated opening is Monday 14:00 (after the lunch break), Buenos Aires time.
     assert dict(scheduler.jobs())["demo:next"] == datetime(2026, 12, 7, 17, 0, tzinfo=UTC)
     scheduler.stop()
+
+
+async def test_of_two_services_on_one_database_one_runs_the_scheduler_until_it_stops(
+    make_app: AppFactory,
+) -> None:
+    clock = Clock(SATURDAY_NIGHT)
+    first = await make_app(toml(""), clock=clock, cluster_check_seconds=0.1)
+    await wait_for(lambda: _true(bool(first.service.scheduler.jobs())), timeout=10)
+    second = await make_app(toml(""), clock=clock, cluster_check_seconds=0.1)
+    await asyncio.sleep(0.5)  # the second tries to take over several times meanwhile
+    assert second.service.scheduler.jobs() == []
+    await first.service.stop()
+    await wait_for(lambda: _true(bool(second.service.scheduler.jobs())), timeout=10)
+    assert dict(second.service.scheduler.jobs())["demo:next"] == MONDAY_OPENING
 
 
 def test_weekly_triggers_keep_local_time_across_daylight_saving() -> None:
@@ -448,3 +463,7 @@ def test_hours_command_reads_an_ical_file_beside_brokers_toml(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "Demo Realty (demo), times in America/Argentina/Buenos_Aires"
     assert len(lines) == 9 and lines[-1].startswith(("open now", "closed now"))
+
+
+async def _true(value: bool) -> bool:
+    return value

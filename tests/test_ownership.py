@@ -245,3 +245,13 @@ async def test_a_new_postgres_connection_joins_its_groups_again(postgres_url: st
     finally:
         await locks.close()
         await engine.dispose()
+
+
+async def test_every_group_name_is_counted_whatever_its_key(contenders: Contenders) -> None:
+    groups = [f"sender broker-{n}/telegram" for n in range(40)]  # keys all over the 64 bits
+    assert {lock_key(g) < 0 for g in groups} == {True, False}
+    first, second = contenders(), contenders()
+    for ownership in (first, second):
+        for group in groups:
+            await ownership.join(group)
+    assert await first.members(groups) == dict.fromkeys(groups, 2)
