@@ -165,7 +165,10 @@ async def open_service(
     channels = Channels.build(brokers, registry, public_url)
     ownership = ownership_for(engine)
     shares = SendShares(
-        ownership, [c.key for c in channels if c.adapter], settings.cluster_check_seconds
+        ownership,
+        [c.key for c in channels if c.adapter],
+        settings.cluster_check_seconds,
+        is_up=lambda key: channels.up(*key) is not None,
     )
     crm = CrmSender(sessions, brokers.brokers, clock)
     dispatcher = Dispatcher(

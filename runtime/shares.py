@@ -1,16 +1,17 @@
 """Each process's share of a channel's rate limit, when several send on it.
 
 A provider counts a channel's sends from every process together. Each process
-joins a group per channel it runs (storage/ownership.py) and recounts the
-groups every few seconds; the dispatcher divides the channel's limits by the
-count. A process that joins or dies shifts the shares at the next count.
+joins a group per channel while that channel is up in it (storage/ownership.py)
+and recounts the groups every few seconds; the dispatcher divides the channel's
+limits by the count. A process that joins, dies or loses the channel shifts the
+shares at the next count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from leadline.storage.ownership import Ownership
 
@@ -26,11 +27,17 @@ def sender_group(channel: ChannelKey) -> str:
 
 class SendShares:
     def __init__(
-        self, ownership: Ownership, channels: Iterable[ChannelKey], check_seconds: float
+        self,
+        ownership: Ownership,
+        channels: Iterable[ChannelKey],
+        check_seconds: float,
+        is_up: Callable[[ChannelKey], bool] = lambda _: True,
     ) -> None:
         self._ownership = ownership
         self._groups = {key: sender_group(key) for key in channels}
         self._check_seconds = check_seconds
+        self._is_up = is_up
+        self._joined: set[ChannelKey] = set()
         self._counts: dict[ChannelKey, int] = {}
 
     def of(self, channel: ChannelKey) -> int:
@@ -38,10 +45,9 @@ class SendShares:
         return self._counts.get(channel, 1)
 
     async def join(self) -> None:
-        """Count this process in, then count everyone (before the first send)."""
+        """Count this process in where its channels are up, then count everyone
+        (before the first send)."""
         try:
-            for group in self._groups.values():
-                await self._ownership.join(group)
             await self.recount()
         except Exception as exc:
             log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
@@ -55,6 +61,15 @@ class SendShares:
                 log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
 
     async def recount(self) -> None:
+        """Join the groups of the channels up here, leave the others, count them all."""
+        for key, group in self._groups.items():
+            up = self._is_up(key)
+            if up and key not in self._joined:
+                await self._ownership.join(group)
+                self._joined.add(key)
+            elif not up and key in self._joined:
+                await self._ownership.leave(group)
+                self._joined.discard(key)
         counts = await self._ownership.members(list(self._groups.values()))
         for key, group in self._groups.items():
             n = max(1, counts.get(group, 1))  # this process, at least, sends on it

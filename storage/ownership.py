@@ -49,6 +49,10 @@ class Ownership(Protocol):
         """Count this process among `group`'s members, until it closes or dies."""
         ...
 
+    async def leave(self, group: str) -> None:
+        """No longer count this process among `group`'s members."""
+        ...
+
     async def members(self, groups: Collection[str]) -> dict[str, int]:
         """How many live processes have joined each group (0 for none)."""
         ...
@@ -84,6 +88,9 @@ class SoleOwner:
         return None
 
     async def join(self, group: str) -> None:
+        return None
+
+    async def leave(self, group: str) -> None:
         return None
 
     async def members(self, groups: Collection[str]) -> dict[str, int]:
@@ -132,8 +139,19 @@ class AdvisoryLocks:
 
     async def join(self, group: str) -> None:
         async with self._use:
-            self._joined.add(group)
+            if group in self._joined:
+                return  # held once: a second hold would outlive one `leave`
             await self._scalar("SELECT pg_try_advisory_lock_shared(:key)", key=lock_key(group))
+            self._joined.add(group)
+
+    async def leave(self, group: str) -> None:
+        async with self._use:
+            if group in self._joined:
+                self._joined.discard(group)
+                with suppress(Exception):  # a dead connection has released it already
+                    await self._scalar(
+                        "SELECT pg_advisory_unlock_shared(:key)", key=lock_key(group)
+                    )
 
     async def members(self, groups: Collection[str]) -> dict[str, int]:
         async with self._use:
@@ -230,6 +248,11 @@ class FileLocks:
             if self._lock(fd, self._slot(group, slot)):
                 self._slots[group] = slot
                 return
+
+    async def leave(self, group: str) -> None:
+        slot = self._slots.pop(group, None)
+        if slot is not None and self._fd is not None:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, self._slot(group, slot)))
 
     async def members(self, groups: Collection[str]) -> dict[str, int]:
         fd = await self._file()

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadline.runtime.owned import OwnedRunner
+from leadline.runtime.shares import SendShares
 from leadline.storage.engine import make_engine
 from leadline.storage.ownership import (
     AdvisoryLocks,
@@ -255,3 +256,23 @@ async def test_every_group_name_is_counted_whatever_its_key(contenders: Contende
         for group in groups:
             await ownership.join(group)
     assert await first.members(groups) == dict.fromkeys(groups, 2)
+
+
+async def test_a_process_leaves_a_group_when_its_channel_goes_down(contenders: Contenders) -> None:
+    first, second = contenders(), contenders()
+    up = {"first": True}
+    key = ("demo", "telegram")
+    mine = SendShares(first, [key], check_seconds=1, is_up=lambda _: up["first"])
+    other = SendShares(second, [key], check_seconds=1)
+    await mine.join()
+    await other.join()
+    await mine.recount()
+    assert (mine.of(key), other.of(key)) == (2, 2)
+    up["first"] = False  # the bot's token was revoked here, say
+    await mine.recount()
+    await other.recount()
+    assert other.of(key) == 1  # the other sends at the whole rate again
+    up["first"] = True
+    await mine.recount()
+    await other.recount()
+    assert (mine.of(key), other.of(key)) == (2, 2)
