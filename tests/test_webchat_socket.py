@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import ClientWebSocketResponse
 
@@ -181,4 +182,41 @@ async def test_without_the_features_no_typing_or_read_frame(app: AppHarness):
         except TimeoutError:
             break
     assert {f["type"] for f in extra} <= {"ack"}
+    await ws.close()
+
+
+async def test_a_reply_another_process_sent_reaches_the_page_open_on_this_one(
+    make_app: AppFactory,
+):
+    toml = DEMO_TOML.replace(
+        "[brokers.demo.providers.webchat]\n",
+        "[brokers.demo.providers.webchat]\ncatch_up_seconds = 0.2\n",
+    )
+    here = await make_app(toml)  # the process the visitor's page is connected to
+    ws = await connect(here)
+    await receive(ws, "history")
+    await say(ws, "client-msg-0001", "Hola")
+    await receive(ws, "message")  # the welcome, sent here
+    here.service.dispatcher.stop()  # from now on only the other process sends
+    await next(t for t in here.service._tasks if t.get_name() == "dispatcher")
+    there = await make_app(toml)
+    lead_id = (await rows(here.service.engine, "SELECT id FROM leads"))[0]["id"]
+    async with there.service.sessions() as session, session.begin():
+        queued = QueuedMessage(lead_id, "demo", "webchat", VISITOR, "An agent will call you.")
+        row_id = await enqueue(session, queued)
+    there.service.dispatcher.wake()
+
+    reply = await receive(ws, "message")
+    assert (reply["id"], reply["text"]) == (str(row_id), "An agent will call you.")
+    await ws.send_json({"type": "received", "ids": [reply["id"]]})
+
+    async def delivered() -> bool:
+        sql = "SELECT status FROM chat_messages WHERE id = :id"
+        return (await rows(here.service.engine, sql, id=row_id))[0]["status"] == "delivered"
+
+    await wait_for(delivered)
+    await asyncio.sleep(0.5)  # more catch-ups: the reply is not handed over again
+    with contextlib.suppress(TimeoutError):
+        extra = await asyncio.wait_for(ws.receive_json(), 0.3)
+        raise AssertionError(f"handed over twice: {extra}")
     await ws.close()

@@ -8,12 +8,16 @@ Frames (JSON text):
   `{"type":"message",...}` for each reply, `{"type":"error","reason":...}`.
 
 A reply sent while the visitor has no socket open counts as sent: it is stored,
-and the history frame hands it over at the next connection.
+and the history frame hands it over at the next connection. A reply another
+process sent (several processes on one database, the socket open on this one)
+reaches the page too: every open socket catches up with the visitor's stored
+replies every `catch_up_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
@@ -46,6 +50,8 @@ from leadline.config.providers import ProviderConfig
 log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+CATCH_UP_ROWS = 20  # the latest messages a catch-up looks at
+SHOWN = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ)
 MAX_FRAME_BYTES = 64 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds a closing socket waits for the browser's close frame
 
@@ -53,6 +59,8 @@ CLOSE_TIMEOUT = 2.0  # seconds a closing socket waits for the browser's close fr
 class WebchatConfig(ProviderConfig):
     title: str | None = Field(default=None, max_length=200)
     max_message_chars: int = Field(default=4000, ge=1, le=20000)
+    # How soon a reply sent by another process reaches a page open on this one.
+    catch_up_seconds: float = Field(default=3.0, gt=0, le=60)
 
 
 class FrameError(ValueError):
@@ -72,7 +80,8 @@ class WebchatAdapter(Adapter):
         super().__init__(config, context)
         assert isinstance(config, WebchatConfig)
         self.settings = config
-        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+        # Each visitor's open sockets, with the replies each was handed.
+        self._sockets: dict[str, dict[web.WebSocketResponse, set[str]]] = {}
         self._template = resources.files(__package__).joinpath("page.html").read_text("utf-8")
 
     async def close(self) -> None:
@@ -117,20 +126,43 @@ class WebchatAdapter(Adapter):
         if not ws.can_prepare(request).ok:
             raise web.HTTPBadRequest(text="this route takes a websocket upgrade")
         await ws.prepare(request)
-        self._sockets.setdefault(visitor, set()).add(ws)
+        handed = self._sockets.setdefault(visitor, {}).setdefault(ws, set())
+        catching_up: asyncio.Task[None] | None = None
         try:
             history = await inbox.conversation(visitor)
+            handed.update(e.ref for e in history if e.direction == "out")
             await ws.send_json({"type": "history", "messages": [_entry(e) for e in history]})
+            catching_up = asyncio.create_task(self._catch_up(ws, visitor, inbox, handed))
             async for frame in ws:
                 if frame.type != WSMsgType.TEXT:
                     continue
                 await self._on_frame(ws, visitor, frame.data, inbox)
         finally:
-            sockets = self._sockets.get(visitor, set())
-            sockets.discard(ws)
+            if catching_up is not None:
+                catching_up.cancel()
+            sockets = self._sockets.get(visitor, {})
+            sockets.pop(ws, None)
             if not sockets:
                 self._sockets.pop(visitor, None)
         return ws
+
+    async def _catch_up(
+        self, ws: web.WebSocketResponse, visitor: str, inbox: Inbox, handed: set[str]
+    ) -> None:
+        """Hand the page the replies stored as sent that it was not handed: those another
+        process sent. The page shows a message once, whatever comes twice."""
+        while not ws.closed:
+            await asyncio.sleep(self.settings.catch_up_seconds)
+            try:
+                recent = await inbox.conversation(visitor, limit=CATCH_UP_ROWS)
+            except Exception:
+                log.exception("web chat of broker %s: catching up failed", self.context.broker_id)
+                continue
+            for entry in recent:
+                if entry.direction == "out" and entry.status in SHOWN and entry.ref not in handed:
+                    handed.add(entry.ref)
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_json({"type": "message", **_entry(entry), "status": "sent"})
 
     async def _on_frame(
         self, ws: web.WebSocketResponse, visitor: str, data: str, inbox: Inbox
@@ -211,7 +243,9 @@ class WebchatAdapter(Adapter):
     async def _tell(self, visitor: str, frame: dict[str, Any]) -> None:
         """A frame to every open page of the visitor; a page that is gone misses it (the
         next history frame carries what matters)."""
-        for ws in list(self._sockets.get(visitor, ())):
+        for ws, handed in list(self._sockets.get(visitor, {}).items()):
+            if frame["type"] == "message":
+                handed.add(frame["id"])
             try:
                 await ws.send_json(frame)
             except (ConnectionError, RuntimeError):
