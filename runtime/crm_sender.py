@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.brokers import BrokerConfig
+from leadline.runtime.stopping import raise_if_cancelling
 from leadline.storage import crm_events
 from leadline.storage.types import utcnow
 
@@ -77,6 +78,7 @@ class CrmSender:
                 except Exception:
                     log.exception("CRM events: a round failed; retrying")
                     sent = 0
+                raise_if_cancelling()  # a POST may have turned a cancel into an error
                 if sent < BATCH:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
+from leadline.runtime.stopping import raise_if_cancelling
 from leadline.storage.ownership import Ownership
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class OwnedRunner:
                     return
             except Exception as exc:
                 log.warning("%s: cannot tell who owns it (%s)", name, exc.__class__.__name__)
+                raise_if_cancelling()
             if not waiting:
                 log.info("%s: another process owns it; standing by", name)
                 standby(True)
@@ -85,4 +87,5 @@ async def own_forever(owner: OwnedRunner, name: str, work: Callable[[], Awaitabl
             raise
         except Exception:
             log.exception("%s failed; trying again", name)
+            raise_if_cancelling()
         await asyncio.sleep(owner.check_seconds)

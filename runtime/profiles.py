@@ -6,7 +6,9 @@ and names the lead (storage/profiles.py). It never holds up ingestion: a profile
 arrives a moment after the lead's first message. A provider with no profile to
 give is recorded and not asked again; one that could not be asked now (throttled,
 unreachable) is asked again at a later round. At start it looks back a week, so
-leads met while the process was down are named too.
+leads met while the process was down are named too. The reply worker waits a
+moment for a round (`introduce`) before it answers, so a welcome can greet the
+lead by name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -22,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.adapters.base import Adapter, AdapterError, Profile
 from leadline.runtime.channels import Channels
+from leadline.runtime.stopping import raise_if_cancelling
 from leadline.storage.profiles import Nameless, name_lead, nameless, no_profile
 from leadline.storage.types import utcnow
 
@@ -48,24 +51,47 @@ class ProfileFinder:
         self._wake = asyncio.Event()
         self._after = 0  # leads up to this id were asked (or are waiting to be again)
         self._again: dict[tuple[int, str], Nameless] = {}  # could not be asked yet
+        self._rounds = 0  # rounds finished
+        self._in_round = False
+        self._round_done = asyncio.Condition()
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def introduce(self, channels: Collection[tuple[str, str]]) -> None:
+        """Return once a round that began after this call has ended, if any of these
+        (broker, provider) channels reads profiles: messages stored on them by now
+        then have their leads named, when their profiles could be read. The caller
+        bounds the wait."""
+        if not set(channels) & self.capable():
+            return
+        target = self._rounds + (2 if self._in_round else 1)
+        self.wake()
+        async with self._round_done:
+            await self._round_done.wait_for(lambda: self._rounds >= target)
+
     async def run(self) -> None:
         while True:
+            self._wake.clear()
+            self._in_round = True
             try:
                 await self.round()
             except Exception:  # the database, most likely: the next round tries again
                 log.exception("lead profiles: a round failed")
+            finally:
+                # Together, with no await between: `introduce` reads both.
+                self._rounds += 1
+                self._in_round = False
+            async with self._round_done:
+                self._round_done.notify_all()
+            raise_if_cancelling()  # a read may have turned a cancel into an error
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
-            self._wake.clear()
 
     async def round(self) -> None:
         """Ask the profiles of the nameless leads met since the last round, and of
         those that could not be asked before."""
-        capable = self._capable()
+        capable = self.capable()
         while capable:
             async with self._sessions() as session:
                 since = self._clock() - LOOK_BACK
@@ -85,7 +111,8 @@ class ProfileFinder:
             else:
                 troubled.add(channel)
 
-    def _capable(self) -> set[tuple[str, str]]:
+    def capable(self) -> set[tuple[str, str]]:
+        """The (broker, provider) channels whose leads are named from profiles."""
         return {
             channel.key
             for channel in self._channels

@@ -13,8 +13,9 @@ exactly those. A crash in between only means the responder is asked again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 SETTLE_SECONDS = 0.05
 RESPONDERS_AT_ONCE = 8
+INTRODUCE_SECONDS = 2.0  # the longest a reply waits for its lead's name from a profile
 
 
 class ReplyWorker:
@@ -56,12 +58,14 @@ class ReplyWorker:
         on_queued: Callable[[], None],
         on_handled: Callable[[Sequence[Unhandled]], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        introduce: Callable[[Collection[tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._brokers = brokers
         self._on_queued = on_queued
         self._on_handled = on_handled
         self._clock = clock
+        self._introduce = introduce  # leads named from profiles before they are answered
         self._responders = _load_responders(brokers)
         self._asking = asyncio.Semaphore(RESPONDERS_AT_ONCE)
         self._wake = asyncio.Event()
@@ -117,11 +121,13 @@ class ReplyWorker:
         """
         ids: list[int] | None = None
         answers: dict[int, str] = {}
-        if self._responders:
+        if self._responders or self._introduce:
             async with self._sessions() as session:
                 peeked = await peek_unhandled(session, BATCH)
-            ids = [m.id for m in peeked]
-            answers = await self._ask_responders(peeked)
+            await self._introduce_leads(peeked)
+            if self._responders:
+                ids = [m.id for m in peeked]
+                answers = await self._ask_responders(peeked)
         async with self._sessions() as session, session.begin():
             if ids is None:
                 mine = await claim_unhandled(session, BATCH)
@@ -140,6 +146,14 @@ class ReplyWorker:
                     facts.replied(message, reply)
                     queued = True
         return mine, queued
+
+    async def _introduce_leads(self, messages: Sequence[Unhandled]) -> None:
+        """A moment for the leads of these messages to be named from their profiles."""
+        if self._introduce is None or not messages:
+            return
+        channels = {(m.broker_id, m.provider) for m in messages}
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._introduce(channels), INTRODUCE_SECONDS)
 
     async def _ask_responders(self, messages: Sequence[Unhandled]) -> dict[int, str]:
         """The responders' answers, by message id; only for brokers that answer."""

@@ -180,16 +180,16 @@ async def open_service(
         shares=shares.of,
     )
     receipts = ReadReceipts(channels)
+    profiles = ProfileFinder(sessions, channels, clock)
     replies = ReplyWorker(
         sessions,
         brokers.brokers,
         on_queued=dispatcher.wake,
         on_handled=receipts.handled,
         clock=clock,
+        introduce=profiles.introduce if profiles.capable() else None,
     )
     scheduler = OpeningScheduler(brokers.brokers, dispatcher.wake, clock)
-
-    profiles = ProfileFinder(sessions, channels, clock)
 
     def stored() -> None:
         replies.wake()

@@ -4,6 +4,7 @@ fake Graph API on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -175,3 +176,34 @@ async def _welcomed(app: AppHarness) -> bool:
 
 async def _reads(fakes: Meta, n: int) -> bool:
     return profile_reads(fakes.facebook, PSID) >= n
+
+
+async def test_a_new_leads_welcome_greets_it_by_the_name_its_profile_gives(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana", last_name="García")
+    app = await start(make_app, meta_fakes)
+    await post(app, fresh("messenger_text.json"), "messenger")
+
+    async def welcomed() -> bool:
+        return bool(meta_fakes.demo.sent)
+
+    await wait_for(welcomed, timeout=10)
+    assert meta_fakes.demo.sent[0].text == "Hi Ana García! Thanks for writing to Demo Realty."
+
+
+async def test_a_profile_that_does_not_answer_delays_the_welcome_two_seconds_at_most(
+    make_app: AppFactory, meta_fakes: Meta
+) -> None:
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    meta_fakes.demo.fail_next_profile("slow", delay=6)  # the profile read hangs
+    app = await start(make_app, meta_fakes)
+    started = asyncio.get_running_loop().time()
+    await post(app, fresh("messenger_text.json"), "messenger")
+
+    async def welcomed() -> bool:
+        return bool(meta_fakes.demo.sent)
+
+    await wait_for(welcomed, timeout=10)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert meta_fakes.demo.sent[0].text == "Hi there! Thanks for writing to Demo Realty."

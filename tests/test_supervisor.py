@@ -10,6 +10,7 @@ from leadline.adapters.base import Adapter, AdapterContext
 from leadline.config.brokers import BrokerConfig
 from leadline.config.providers import ProviderConfig
 from leadline.runtime.channels import Channel, ChannelState
+from leadline.runtime.stopping import raise_if_cancelling
 from leadline.runtime.supervisor import LAST_RETRY_SECONDS, next_delay, supervise
 
 
@@ -67,3 +68,28 @@ def test_retry_delays_grow_to_a_ceiling_and_never_hammer():
     assert all(b >= a * 1.6 for a, b in itertools.pairwise(delays[:7]))
     assert max(delays) <= LAST_RETRY_SECONDS
     assert delays[-1] >= LAST_RETRY_SECONDS * 0.8
+
+
+async def test_a_worker_stops_even_when_a_library_turned_its_cancel_into_an_error():
+    async def library_call() -> None:  # as aiohttp may, cancelled amid a connection attempt
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("cannot connect") from None
+
+    errors: list[Exception] = []
+
+    async def worker() -> None:
+        while True:
+            try:
+                await library_call()
+            except Exception as exc:  # a worker logs its round's errors and goes on
+                errors.append(exc)
+            raise_if_cancelling()
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1)
+    assert task in done and task.cancelled()
+    assert [type(e) for e in errors] == [ConnectionError]

@@ -264,11 +264,11 @@ class FakePage:
         username); with no fields, a user with no profile to give."""
         self.profiles[user_id] = {"id": user_id, **fields} if fields else None
 
-    def fail_next_profile(self, kind: str, count: int = 1) -> None:
+    def fail_next_profile(self, kind: str, count: int = 1, *, delay: float = 1.0) -> None:
         """Make the next `count` profile reads fail as `kind` (the kinds of fail_next)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
-        self.profile_faults.append(Fault(kind, count))
+        self.profile_faults.append(Fault(kind, count, delay=delay))
 
     def expire_token(self) -> None:
         """From now on every call with this token answers 190 (session expired)."""
