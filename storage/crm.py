@@ -101,6 +101,16 @@ async def merge_leads(
     """Make `from_id` part of `into_id`: its channels, messages and events move, its
     tags join, its name and phone fill what `into_id` lacks; the merge is recorded and
     `from_id` is gone. None if either lead is not the broker's."""
+    # Rows that name a lead lock it for key share until they commit: locking both leads
+    # first waits for those and holds off new ones, so every row naming `from_id` moves
+    # and the delete never meets one stored meanwhile (PostgreSQL; SQLite transactions
+    # run one at a time). In id order, so two merges never deadlock.
+    await session.exec(
+        select(Lead.id)
+        .where(col(Lead.id).in_([into_id, from_id]))
+        .order_by(col(Lead.id))
+        .with_for_update()
+    )
     into = await get_lead(session, broker_id, into_id)
     gone = await get_lead(session, broker_id, from_id)
     if into is None or gone is None:
