@@ -324,6 +324,8 @@ async def started(kit: Kit, api_base: str | None = None) -> AsyncIterator[Adapte
 
 @contextlib.asynccontextmanager
 async def serving(fake: FakeApi) -> AsyncIterator[str]:
+    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL."""
+    # No access log: request paths and queries hold tokens and hashes, never logged.
     runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from leadline.runtime.stopping import raise_if_cancelling
 from leadline.storage.ownership import Ownership
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,14 @@ class SendShares:
         (before the first send)."""
         try:
             await self.recount()
-        except Exception as exc:
+        except Exception as exc:  # keep the last count; the next try may do better
             log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
+            raise_if_cancelling()
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._check_seconds)
-            try:
-                await self.recount()
-            except Exception as exc:  # keep the last count; the next try may do better
-                log.warning("cannot count the processes sending here: %s", exc.__class__.__name__)
+            await self.join()
 
     async def recount(self) -> None:
         """Join the groups of the channels up here, leave the others, count them all."""

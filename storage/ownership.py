@@ -28,7 +28,7 @@ import struct
 from collections.abc import Collection
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -100,6 +100,7 @@ class SoleOwner:
         return None
 
 
+JOIN_SQL = "SELECT pg_try_advisory_lock_shared(:key)"
 # pg_locks shows a bigint advisory key as its two halves, with objsubid = 1.
 MEMBERS_SQL = """
 SELECT classid::bigint AS high, objid::bigint AS low, count(*) AS n FROM pg_locks
@@ -141,7 +142,7 @@ class AdvisoryLocks:
         async with self._use:
             if group in self._joined:
                 return  # held once: a second hold would outlive one `leave`
-            await self._scalar("SELECT pg_try_advisory_lock_shared(:key)", key=lock_key(group))
+            await self._scalar(JOIN_SQL, key=lock_key(group))
             self._joined.add(group)
 
     async def leave(self, group: str) -> None:
@@ -155,12 +156,7 @@ class AdvisoryLocks:
 
     async def members(self, groups: Collection[str]) -> dict[str, int]:
         async with self._use:
-            conn = await self._connection()
-            try:
-                found = (await conn.execute(sa.text(MEMBERS_SQL))).all()
-            except Exception:
-                await self._drop()
-                raise
+            found = (await self._execute(MEMBERS_SQL)).all()
         # The halves are unsigned 32-bit oids: their product would overflow a bigint.
         counts = {(int(high) << 32) | int(low): int(n) for high, low, n in found}
         return {g: counts.get(lock_key(g) % 2**64, 0) for g in groups}
@@ -171,9 +167,12 @@ class AdvisoryLocks:
             self._joined.clear()
 
     async def _scalar(self, sql: str, **params: object) -> object:
+        return (await self._execute(sql, **params)).scalar()
+
+    async def _execute(self, sql: str, **params: object) -> sa.CursorResult[Any]:
         conn = await self._connection()
         try:
-            return (await conn.execute(sa.text(sql), params)).scalar()
+            return await conn.execute(sa.text(sql), params)
         except Exception:
             await self._drop()
             raise
@@ -191,9 +190,7 @@ class AdvisoryLocks:
             # No transaction stays open on a connection that lives as long as the process.
             self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             for group in self._joined:
-                await self._conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock_shared(:key)"), {"key": lock_key(group)}
-                )
+                await self._conn.execute(sa.text(JOIN_SQL), {"key": lock_key(group)})
         return self._conn
 
     async def _drop(self) -> None:

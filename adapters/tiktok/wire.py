@@ -88,24 +88,42 @@ def events(found: Envelope) -> list[InboundEvent]:
     return []
 
 
-def _received(content: Mapping[str, Any], account: str | None) -> InboundMessage | None:
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """What a received message and an echo both carry."""
+
+    conversation: str
+    message_id: str
+    kind: str
+    body: str | None
+    attachments: tuple[Attachment, ...]
+
+
+def _message(content: Mapping[str, Any]) -> _Message | None:
     conversation = ident(content.get("conversation_id"))
     message_id = ident(content.get("message_id"))
     if conversation is None or message_id is None:
         return None
     kind = text(content.get("type")) or "unknown"
     body, attachments = _body(kind, content)
-    metadata: dict[str, Any] = {"type": kind}
+    return _Message(conversation, message_id, kind, body, attachments)
+
+
+def _received(content: Mapping[str, Any], account: str | None) -> InboundMessage | None:
+    message = _message(content)
+    if message is None:
+        return None
+    metadata: dict[str, Any] = {"type": message.kind}
     put(metadata, "from_user_id", ident(_inner(content, "from_user", "id")))
     put(metadata, "to_user_id", ident(_inner(content, "to_user", "id")))
-    if kind not in KINDS:
+    if message.kind not in KINDS:
         metadata["raw"] = dict(content)
     return InboundMessage(
-        channel_message_id=message_id,
-        channel_user_id=conversation,  # where replies go: sends name the conversation
-        text=body,
+        channel_message_id=message.message_id,
+        channel_user_id=message.conversation,  # where replies go: sends name the conversation
+        text=message.body,
         channel_username=text(content.get("from")),
-        attachments=attachments,
+        attachments=message.attachments,
         sent_at=_when(content),
         reply_to=ident(_inner(content, "referenced_message_info", "referenced_message_id")),
         metadata=metadata,
@@ -126,19 +144,16 @@ def _body(kind: str, content: Mapping[str, Any]) -> tuple[str | None, tuple[Atta
 
 
 def _echo(content: Mapping[str, Any], account: str | None) -> OutboundEcho | None:
-    conversation = ident(content.get("conversation_id"))
-    message_id = ident(content.get("message_id"))
-    if conversation is None or message_id is None:
+    message = _message(content)
+    if message is None:
         return None
-    kind = text(content.get("type")) or "unknown"
-    body, attachments = _body(kind, content)
     return OutboundEcho(
-        channel_message_id=message_id,
-        channel_user_id=conversation,
-        text=body,
-        attachments=attachments,
+        channel_message_id=message.message_id,
+        channel_user_id=message.conversation,
+        text=message.body,
+        attachments=message.attachments,
         sent_at=_when(content),
-        metadata={"type": kind},
+        metadata={"type": message.kind},
         account=account,
     )
 

@@ -9,6 +9,8 @@ from typing import NoReturn, Protocol
 
 from aiohttp import web
 
+from leadline.adapters.conformance import serving
+
 
 class Fake(Protocol):
     def app(self) -> web.Application: ...
@@ -18,18 +20,13 @@ class Fake(Protocol):
 
 @contextlib.asynccontextmanager
 async def running_fake(fake: Fake) -> AsyncIterator[str]:
-    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL."""
-    # No access log: request paths and queries hold tokens and hashes, never logged.
-    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        fake.close()
-        await runner.cleanup()
+    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL; the conformance
+    suite's own `serving` does the serving, so both serve a fake the same way."""
+    async with serving(fake) as base:
+        try:
+            yield base
+        finally:
+            fake.close()
 
 
 def drop_connection(request: web.Request) -> NoReturn:
