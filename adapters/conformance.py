@@ -22,6 +22,7 @@ module defines `conformance_kit()`. The checks (`CHECKS`):
 - a duplicate delivery stores one row: parsing the same body twice gives the same
   idempotency keys, each a storable id;
 - batches lose nothing: each sample gives exactly the messages and statuses it holds;
+- a secret of the config set to nothing fails validation;
 - garbage never raises out of `parse` anything but `MalformedPayload`;
 - status mapping is monotonic: status samples in the provider's own order never map
   to a status that goes back;
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from leadline.adapters.base import (
     Adapter,
@@ -60,8 +62,8 @@ from leadline.adapters.base import (
     StatusUpdate,
     StatusWatermark,
 )
+from leadline.adapters.payload import ident
 
-MAX_ID = 255
 FUZZ_CASES = 300
 PUBLIC_URL = "https://leadline.example"  # never fetched: a fake API at most records it
 
@@ -145,6 +147,22 @@ async def signatures_fail_closed(kit: Kit) -> None:
             if kit.replay_window is not None:
                 old = kit.sign(sample.body, now - kit.replay_window - 60)
                 refused(adapter, old, sample.body, "a replayed (stale) signature")
+                ahead = kit.sign(sample.body, now + kit.replay_window + 60)
+                refused(adapter, ahead, sample.body, "a signature dated in the future")
+
+
+async def secrets_must_not_be_blank(kit: Kit) -> None:
+    """`${VAR}` set to nothing must be a configuration error: a blank signing secret
+    would let anyone sign, a blank token only fails later and less clearly."""
+    model = kit.adapter.config_model
+    for key, value in kit.config.items():
+        if not isinstance(value, str) or value not in kit.secrets:
+            continue
+        try:
+            model.model_validate({**kit.config, key: ""})
+        except ValidationError:
+            continue
+        raise ConformanceError(f"the config accepts an empty {key!r}")
 
 
 def refused(adapter: Adapter, headers: Mapping[str, str], body: bytes, what: str) -> None:
@@ -166,7 +184,9 @@ async def duplicates_give_the_same_keys(kit: Kit) -> None:
             second = [key(e) for e in parse(adapter, kit, sample.body)]
             expect(first == second, f"{sample.name}: a redelivery gives other ids {second}")
             for found in first:
-                expect(_storable(found[1]), f"{sample.name}: id {found[1]!r} cannot be stored")
+                expect(
+                    ident(found[1]) == found[1], f"{sample.name}: id {found[1]!r} cannot be stored"
+                )
 
 
 async def batches_lose_nothing(kit: Kit) -> None:
@@ -284,6 +304,7 @@ async def _exercise(kit: Kit, errors: list[str]) -> None:
 
 CHECKS: tuple[Check, ...] = (
     signatures_fail_closed,
+    secrets_must_not_be_blank,
     duplicates_give_the_same_keys,
     batches_lose_nothing,
     garbage_never_raises,
@@ -359,10 +380,6 @@ def key(event: InboundEvent) -> tuple[str, str]:
 
 
 _EVENTS = (InboundMessage, InboundEdit, StatusUpdate, StatusWatermark, OutboundEcho, ProviderNotice)
-
-
-def _storable(value: str) -> bool:
-    return bool(value) and len(value) <= MAX_ID and value.isprintable()
 
 
 def _garble(value: str) -> str:

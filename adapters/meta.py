@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from leadline.adapters.base import HttpReply, RequestRejected, SignatureInvalid, SignatureMissing
-from leadline.config.providers import ProviderConfig
+from leadline.config.providers import ProviderConfig, not_empty
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,7 @@ class MetaAppConfig(ProviderConfig):
             )
         return value
 
-    @field_validator("verify_token")
-    @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("must not be empty")
-        return value
+    _verify_token_set = field_validator("verify_token")(not_empty)
 
     @field_validator("api_version")
     @classmethod

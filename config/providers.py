@@ -7,7 +7,7 @@ Secret values are `SecretStr`: they print as `**********` and never reach a log.
 
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, SecretStr
 
 
 class ProviderConfig(BaseModel):
@@ -16,3 +16,11 @@ class ProviderConfig(BaseModel):
     enabled: bool = True
     # Another API server: a local Bot API server, a proxy, a test fake.
     api_base: AnyHttpUrl | None = None
+
+
+def not_empty(value: SecretStr) -> SecretStr:
+    """A field validator for a token or a signing secret: `${VAR}` set to nothing is an
+    error, not a blank secret (a blank signing key would let anyone sign)."""
+    if not value.get_secret_value():
+        raise ValueError("must not be empty")
+    return value

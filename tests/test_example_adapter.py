@@ -37,6 +37,7 @@ ALLOWED_IMPORTS = {
 }
 CHECK_NAMES = (
     "signatures_fail_closed",
+    "secrets_must_not_be_blank",
     "duplicates_give_the_same_keys",
     "batches_lose_nothing",
     "garbage_never_raises",

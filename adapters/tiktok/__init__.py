@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
 from leadline.adapters.base import (
     Adapter,
@@ -41,7 +41,7 @@ from leadline.adapters.base import (
 )
 from leadline.adapters.parts import PartSender
 from leadline.adapters.tiktok import wire
-from leadline.config.providers import ProviderConfig
+from leadline.config.providers import ProviderConfig, not_empty
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class TikTokConfig(ProviderConfig):
     business_id: str
     access_token: SecretStr
     client_secret: SecretStr
+
+    _secrets_set = field_validator("access_token", "client_secret")(not_empty)
 
 
 class TikTokAdapter(Adapter):
