@@ -54,6 +54,7 @@ class Outcome:
     skip_kinds: Counter[str] = field(default_factory=Counter)
     last_legacy_id: int = 0
     seconds: float = 0.0
+    importing: bool = False  # set up, reading batches: a failure now stops on the way
 
     def skipped(self, skips: Sequence[Skip]) -> None:
         room = SKIPS_SHOWN - len(self.skips)
@@ -95,6 +96,10 @@ def import_telegram_messages(
         return 130
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        if not outcome.importing:  # before any batch: the Leadline database is not there
+            where_to = safe_url(database_url)
+            print(f"error: cannot use the Leadline database {where_to}: {reason}", file=err)
+            return 2
         print(
             f"error: the import stopped after legacy id {outcome.last_legacy_id} "
             f"({exc.__class__.__name__}: {reason}); the next run resumes there",
@@ -147,6 +152,7 @@ async def _import(
         bar = ProgressBar(err, await legacy.count_after(after)) if err.isatty() else None
 
         started = time.perf_counter()
+        outcome.importing = True
         while True:
             raw = await legacy.rows_after(after, batch_size)
             if not raw:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from leadline.config.vocabulary import Direction
 from leadline.runtime.sanitize import MAX_ID, clean_text
+from leadline.storage.engine import safe_url, url_secrets
 from leadline.storage.importing import LEGACY, HistoryRow, LeadDetails, LeadKey
 
 TABLE = "telegram_messages"
@@ -74,7 +75,7 @@ def legacy_url(raw: str) -> LegacyUrl:
         raise LegacyError(
             "--from is not a database URL (sqlite:///path or postgresql://…)"
         ) from None
-    return LegacyUrl(_async_url(given), given.render_as_string(hide_password=True))
+    return LegacyUrl(_async_url(given), safe_url(given))
 
 
 def _async_url(url: sa.URL) -> sa.URL:
@@ -250,8 +251,8 @@ def _why(exc: BaseException, url: sa.URL) -> str:
     """A driver's reason, on one line, without the URL's password."""
     reason = getattr(exc, "orig", None) or exc
     text = " ".join(str(reason).split()) or reason.__class__.__name__
-    if url.password:
-        text = text.replace(str(url.password), "***")
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
     return text
 
 

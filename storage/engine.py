@@ -69,9 +69,25 @@ def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password hidden, for logs."""
+def safe_url(url: str | sa.URL) -> str:
+    """The URL with its passwords hidden, for logs: the one before `@` and any given as
+    a query parameter (`?password=`, which the drivers take too)."""
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        parsed = url if isinstance(url, sa.URL) else sa.make_url(url)
     except sa.exc.ArgumentError:
         return "<invalid database URL>"
+    hidden = dict.fromkeys(_password_keys(parsed), "***")
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
+def url_secrets(url: sa.URL) -> list[str]:
+    """Every password the URL holds, to scrub from a driver's error text."""
+    found = [str(url.password)] if url.password else []
+    for key in _password_keys(url):
+        value = url.query[key]
+        found.extend([value] if isinstance(value, str) else value)
+    return [secret for secret in found if secret]
+
+
+def _password_keys(url: sa.URL) -> list[str]:
+    return [key for key in url.query if "password" in key.lower()]

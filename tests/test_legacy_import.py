@@ -757,6 +757,9 @@ async def test_bad_url_missing_table_or_unknown_broker_exit_2_with_a_clear_messa
              'cannot open the legacy database postgresql://postgres:***@'),
             (unreachable.render_as_string(hide_password=False),
              "cannot open the legacy database postgresql://postgres:***@127.0.0.1:9/"),
+            # the drivers take a password as a query parameter too
+            (unreachable.set(query={"password": PASSWORD}).render_as_string(hide_password=False),
+             "?password=%2A%2A%2A: "),
         ]  # fmt: skip
     for url, expected in cases:
         done = await cli.run(url)
@@ -825,3 +828,20 @@ async def rows_changed_sqlite(database_url: str, sql: str) -> None:
     path = sa.make_url(database_url).database
     with sqlite3.connect(path) as conn:
         conn.execute(sql)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_leadline_database_not_there_is_exit_2_before_any_batch(
+    make_legacy: LegacyFactory, tmp_path: Path
+):
+    legacy = await full_legacy(make_legacy)
+    unreachable = f"postgresql+asyncpg://leadline:{PASSWORD}@127.0.0.1:9/leadline"
+    done = await Cli(tmp_path, unreachable).run(legacy.url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use the Leadline database postgresql+asyncpg://")
+    assert PASSWORD not in done.stdout + done.stderr
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'nowhere' / 'leadline.db'}"
+    dry = await Cli(tmp_path, missing).run(legacy.url, "--dry-run")
+    assert dry.returncode == 2, dry.stdout + dry.stderr
+    assert dry.stderr.startswith("error: no Leadline database at ")

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import MessageStatus
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
-from leadline.storage.engine import make_engine, make_session_factory
+from leadline.storage.engine import make_engine, make_session_factory, safe_url
 from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity, ensure_lead
 from leadline.storage.messages import (
@@ -362,3 +362,10 @@ async def test_migrations_match_the_models(engine: AsyncEngine):
     async with engine.connect() as conn:
         differences = await conn.run_sync(diff)
     assert differences == []
+
+
+def test_safe_url_hides_a_password_before_the_at_and_one_in_the_query():
+    assert safe_url("postgresql+asyncpg://bot:hunter2@db/x") == "postgresql+asyncpg://bot:***@db/x"
+    shown = safe_url("postgresql+asyncpg://bot@db/x?password=hunter2&ssl=require")
+    assert "hunter2" not in shown and "ssl=require" in shown
+    assert safe_url("not a url at all") == "<invalid database URL>"
