@@ -101,25 +101,11 @@ async def merge_leads(
     """Make `from_id` part of `into_id`: its channels, messages and events move, its
     tags join, its name and phone fill what `into_id` lacks; the merge is recorded and
     `from_id` is gone. None if either lead is not the broker's."""
-    # Rows that name a lead lock it for key share until they commit: locking both leads
-    # first waits for those and holds off new ones, so every row naming `from_id` moves
-    # and the delete never meets one stored meanwhile (PostgreSQL; SQLite transactions
-    # run one at a time). In id order, so two merges never deadlock.
-    await session.exec(
-        select(Lead.id)
-        .where(col(Lead.id).in_([into_id, from_id]))
-        .order_by(col(Lead.id))
-        .with_for_update()
-    )
     into = await get_lead(session, broker_id, into_id)
     gone = await get_lead(session, broker_id, from_id)
     if into is None or gone is None:
         return None
     before = {"name": gone.lead.name, "phone": gone.lead.phone, "tags": gone.lead.tags}
-    for table in (LeadChannel, ChatMessage, CrmEvent):
-        await session.exec(
-            sa.update(table).where(col(table.lead_id) == from_id).values(lead_id=into_id)
-        )
     lead = into.lead
     lead.tags = list(dict.fromkeys([*lead.tags, *gone.lead.tags]))
     lead.name = lead.name or gone.lead.name
@@ -135,9 +121,40 @@ async def merge_leads(
             details={"from": {**before, "metadata": gone.lead.lead_metadata}},
         )
     )
-    await session.delete(gone.lead)
+    session.expunge(gone.lead)  # deleted below, by a statement
     await session.flush()
+    await _move_and_delete(session, into_id, from_id)
     return await get_lead(session, broker_id, into_id)
+
+
+MERGE_TRIES = 5
+
+
+async def _move_and_delete(session: AsyncSession, into_id: int, from_id: int) -> None:
+    """Move every row naming `from_id` to `into_id`, then delete `from_id`.
+
+    On PostgreSQL another transaction may store a row naming `from_id` while this one
+    runs (a delivery, a reply): the delete then waits for it and fails on the foreign
+    key. The delete is tried in a savepoint, and such a row is moved too. Locking the
+    leads first instead would deadlock with a writer that locks its rows, then the
+    lead. SQLite runs one transaction at a time: one pass is all there is.
+    """
+    delete = sa.delete(Lead).where(col(Lead.id) == from_id)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for attempt in range(1, MERGE_TRIES + 1):
+        for table in (LeadChannel, ChatMessage, CrmEvent):
+            moving = sa.update(table).where(col(table.lead_id) == from_id)
+            await session.exec(moving.values(lead_id=into_id))
+        if not postgres:
+            await session.exec(delete)
+            return
+        try:
+            async with session.begin_nested():
+                await session.exec(delete)
+            return
+        except sa.exc.IntegrityError:
+            if attempt == MERGE_TRIES:
+                raise
 
 
 def _has_channel(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:

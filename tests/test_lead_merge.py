@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.storage import crm
 from leadline.storage.brokers import BrokerRecord, upsert_brokers
@@ -26,31 +28,73 @@ async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-@pytest.mark.postgres
-async def test_a_message_stored_for_a_lead_while_it_is_merged_moves_with_it(
-    engine: AsyncEngine,
-) -> None:
-    sessions = make_session_factory(engine)
+U1 = ChannelIdentity("demo", "webchat", "u1")
+U2 = ChannelIdentity("demo", "webchat", "u2")
+
+
+async def two_leads(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
     async with sessions() as session, session.begin():
         await upsert_brokers(session, [BrokerRecord("demo", "Demo Realty", "UTC")])
-        ana = await ensure_lead(session, ChannelIdentity("demo", "webchat", "u1"))
-        bo = await ensure_lead(session, ChannelIdentity("demo", "webchat", "u2"))
+        return await ensure_lead(session, U1), await ensure_lead(session, U2)
 
-    storing = sessions()
-    await storing.begin()  # a delivery for u2, stored but not yet committed
-    await insert_messages(
-        storing, [IncomingRow(ChannelIdentity("demo", "webchat", "u2"), "m1", "hola")]
-    )
+
+async def merged_while(
+    sessions: async_sessionmaker[AsyncSession], other: AsyncSession, ana: int, bo: int
+) -> None:
+    """Merge `bo` into `ana` while `other`'s transaction is open, then let it commit."""
 
     async def merge() -> object:
         async with sessions() as session, session.begin():
             return await crm.merge_leads(session, "demo", ana, bo)
 
     merging = asyncio.create_task(merge())
-    await asyncio.sleep(0.3)  # the merge is under way, waiting for the delivery's lock
-    await storing.commit()
-    await storing.close()
+    await asyncio.sleep(0.3)  # the merge is under way, waiting for the other's locks
+    await other.commit()
+    await other.close()
     assert await asyncio.wait_for(merging, 10) is not None
+
+
+async def everything_is_anas(engine: AsyncEngine, ana: int) -> None:
     found = await rows(engine, "SELECT lead_id FROM chat_messages")
-    assert [r["lead_id"] for r in found] == [ana]
+    assert found and {r["lead_id"] for r in found} == {ana}
     assert [r["id"] for r in await rows(engine, "SELECT id FROM leads")] == [ana]
+
+
+@pytest.mark.postgres
+async def test_a_message_stored_for_a_lead_while_it_is_merged_moves_with_it(
+    engine: AsyncEngine,
+) -> None:
+    sessions = make_session_factory(engine)
+    ana, bo = await two_leads(sessions)
+    storing = sessions()
+    await storing.begin()  # a delivery for u2, stored but not yet committed
+    await insert_messages(storing, [IncomingRow(U2, "m1", "hola")])
+    await merged_while(sessions, storing, ana, bo)
+    await everything_is_anas(engine, ana)
+
+
+@pytest.mark.postgres
+async def test_a_writer_that_locks_a_leads_message_then_names_the_lead_does_not_deadlock(
+    engine: AsyncEngine,
+) -> None:
+    """As the reply worker does: claim a lead's message (a row lock), then store a reply
+    naming the lead. Locking the leads first, the merge deadlocked with it."""
+    sessions = make_session_factory(engine)
+    ana, bo = await two_leads(sessions)
+    async with sessions() as session, session.begin():
+        await insert_messages(session, [IncomingRow(U2, "m1", "hola")])
+    replying = sessions()
+    await replying.begin()
+    await replying.exec(sa.text("UPDATE chat_messages SET handled_at = now()"))
+
+    async def merge() -> object:
+        async with sessions() as session, session.begin():
+            return await crm.merge_leads(session, "demo", ana, bo)
+
+    merging = asyncio.create_task(merge())
+    await asyncio.sleep(0.3)  # the merge waits for the claimed message
+    await insert_messages(replying, [IncomingRow(U2, "m2", "a reply, say")])
+    await replying.commit()
+    await replying.close()
+    assert await asyncio.wait_for(merging, 10) is not None
+    await everything_is_anas(engine, ana)
