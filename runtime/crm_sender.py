@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
-import random
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -24,7 +21,9 @@ import aiohttp
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from leadline.adapters.meta import sign  # the same `sha256=<hex HMAC>` Meta sends
 from leadline.config.brokers import BrokerConfig
+from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.stopping import raise_if_cancelling
 from leadline.storage import crm_events
 from leadline.storage.types import utcnow
@@ -41,10 +40,6 @@ IDLE_SECONDS = 5.0
 FIRST_RETRY, LAST_RETRY = 2.0, 3600.0
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 class CrmSender:
     def __init__(
         self,
@@ -56,7 +51,7 @@ class CrmSender:
         self._brokers = {b.id: b for b in brokers.values() if b.events is not None}
         self._clock = clock
         self._wake = asyncio.Event()
-        self._jitter = random.Random()  # noqa: S311 (spreading retries, not a secret)
+        self._retry = RetryPolicy(base_seconds=FIRST_RETRY, cap_seconds=LAST_RETRY)
         self._gate = asyncio.Semaphore(AT_ONCE)
 
     @property
@@ -94,7 +89,8 @@ class CrmSender:
             await crm_events.delivered(session, [e.id for e, ok in results if ok is None])
             for event, error in results:
                 if error is not None:
-                    retry_at = self._clock() + timedelta(seconds=self._backoff(event.attempts))
+                    wait = self._retry.delay(event.attempts + 1)  # no giving up: a CRM waits
+                    retry_at = self._clock() + timedelta(seconds=wait)
                     await crm_events.failed(session, event.id, error, retry_at)
         return len(due)
 
@@ -105,7 +101,9 @@ class CrmSender:
         broker = self._brokers.get(event.broker_id)
         if broker is None or broker.events is None:
             return event, "the broker takes no events any more"
-        body = json.dumps({"id": event.id, **event.payload}, separators=(",", ":")).encode()
+        # The lead it belongs to now: a merge may have moved it since it was written.
+        sent = {"id": event.id, **event.payload, "lead_id": event.lead_id}
+        body = json.dumps(sent, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(broker.events.secret.get_secret_value(), body),
@@ -121,7 +119,3 @@ class CrmSender:
                 return event, f"HTTP {r.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return event, type(exc).__name__
-
-    def _backoff(self, attempts: int) -> float:
-        ceiling = min(LAST_RETRY, FIRST_RETRY * 2**attempts)
-        return self._jitter.uniform(ceiling / 2, ceiling)

@@ -109,6 +109,7 @@ class Dispatcher:
         options: DeliveryOptions | None = None,
         gates: Gates | None = None,
         events_for: frozenset[str] = frozenset(),
+        on_events: Callable[[], None] = lambda: None,
         shares: Callable[[ChannelKey], int] = lambda _: 1,
     ) -> None:
         self._sessions = sessions
@@ -120,6 +121,7 @@ class Dispatcher:
         self._clock = clock
         self._gates = gates or Gates()
         self._events_for = events_for  # brokers whose CRM hears of sends and failures
+        self._on_events = on_events  # wakes the CRM sender
         self._shares = shares  # how many processes send on a channel, this one included
         self._writer: GroupCommit[_Take | Outcome, _Taken | None] = GroupCommit(
             sessions, self._write, "outbox-writer"
@@ -237,7 +239,9 @@ class Dispatcher:
     async def _send(self, row: OutboxRow) -> None:
         try:
             outcome = await self.deliver(row)
-            await self._writer.submit(outcome)
+            await self._writer.submit(outcome)  # committed, with its CRM event if any
+            if isinstance(outcome, Sent | Failed) and row.broker_id in self._events_for:
+                self._on_events()
         except asyncio.CancelledError:
             # Stopped while it waited for its limits: hand the row back for the next start.
             await self._writer.submit(Released(row.id))

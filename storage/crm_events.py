@@ -72,9 +72,29 @@ async def emit(
         for m in sorted(found.all(), key=lambda m: m.id or 0)
     ]
     if rows:
+        await _hold_leads(session, {row["lead_id"] for row in rows})
         table = CrmEvent.__table__  # type: ignore[attr-defined]
         await (await session.connection()).execute(sa.insert(table), rows)
     return len(rows)
+
+
+LEAD_LOCKS = 0x43524D  # "CRM": the first key of the two-key advisory locks on leads
+
+
+async def _hold_leads(session: AsyncSession, lead_ids: Collection[int]) -> None:
+    """Until this transaction ends, no other may add events for these leads (PostgreSQL).
+
+    An event's id is taken when it is inserted, but the sender sees it only once its
+    transaction commits: without this, a lead's later event from one writer (the
+    dispatcher) could commit, and be sent, before an earlier one from another (the
+    inbound pipeline). SQLite runs one transaction at a time. In id order: no deadlock.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    leads = sa.bindparam("leads", sorted(lead_ids), type_=sa.ARRAY(sa.BigInteger))
+    ordered = sa.select(sa.func.unnest(leads).label("lead")).subquery()
+    objid = sa.cast(ordered.c.lead % 2147483647, sa.Integer)
+    await session.exec(sa.select(sa.func.pg_advisory_xact_lock(LEAD_LOCKS, objid)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +194,7 @@ def _oldest_error() -> sa.ScalarSelect[Any]:
 
 
 async def event_counts(session: AsyncSession) -> dict[str, EventCounts]:
-    """Undelivered events per broker, for `leadline status` and `/healthz`."""
+    """Undelivered events per broker, for `leadline status`."""
     result = await session.exec(
         select(
             CrmEvent.broker_id,

@@ -451,3 +451,30 @@ async def test_a_crm_that_fails_gets_events_later_in_order_and_status_shows_it(
     assert texts == ["message 0", "message 1", "message 2"]  # in order, per lead
     ids = [e["id"] for e in fake.events()]
     assert ids == sorted(ids)
+
+
+async def test_events_written_before_a_merge_reach_the_crm_under_the_lead_they_joined(
+    make_app: AppFactory, crm: tuple[Crm, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = crm
+    fake.down = 10**6  # the CRM is down while the messages come and the leads merge
+    app = await make_app(toml(url), env=ENV)
+    await deliver(app, "demo", message("m1", "u1", "hola", "Ana"), message("m2", "u2", "hi", "Bo"))
+    ana, bo = await lead_id(app, "demo", "u1"), await lead_id(app, "demo", "u2")
+    merged = await app.client.post(
+        f"/api/v1/leads/{ana}/merge", headers=auth(), json={"merge_lead_id": bo}
+    )
+    assert merged.status == 200
+    fake.down = 0
+    async with app.service.engine.begin() as conn:  # the retries are due now
+        await conn.execute(sa.text("UPDATE crm_events SET next_attempt_at = NULL"))
+
+    async def both_heard() -> bool:
+        texts = {e["message"]["text"] for e in fake.events() if e["event"] == "message.stored"}
+        return texts == {"hola", "hi"}
+
+    await wait_for(both_heard, timeout=30)
+    assert {e["lead_id"] for e in fake.events()} == {ana}  # never the merged-away `bo`
+    logged = caplog.text
+    for secret in (DEMO_KEY, CRM_SECRET):
+        assert secret not in logged
