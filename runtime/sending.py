@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -41,7 +41,16 @@ class Outgoing:
 
 
 class CannotQueue(ValueError):
-    """The message cannot be queued; the text says why (safe to show to an API client)."""
+    """The message cannot be queued; the text says why (safe to show to an API client).
+
+    `about` names what is wrong: "lead" (no such lead with a channel), "provider", or
+    "message" (its content)."""
+
+    def __init__(
+        self, reason: str, about: Literal["lead", "provider", "message"] = "message"
+    ) -> None:
+        super().__init__(reason)
+        self.about = about
 
 
 async def queue_message(
@@ -53,7 +62,7 @@ async def queue_message(
     """Queue `message` as a pending outbound row in the caller's transaction; returns its id."""
     broker = brokers.get(message.broker_id)
     if broker is None:
-        raise CannotQueue(f"unknown broker {message.broker_id!r}")
+        raise CannotQueue(f"unknown broker {message.broker_id!r}", about="lead")
     has_text = bool(message.text and message.text.strip())
     if not has_text and not message.attachments and message.template is None:
         raise CannotQueue("a message needs a text, an attachment or a template")
@@ -87,16 +96,19 @@ def _choose(
     broker: BrokerConfig, message: Outgoing, channels: list[LeadChannelRef]
 ) -> LeadChannelRef:
     if not channels:
-        raise CannotQueue(f"broker {broker.id} has no lead {message.lead_id} with a channel")
+        reason = f"broker {broker.id} has no lead {message.lead_id} with a channel"
+        raise CannotQueue(reason, about="lead")
     if message.provider is not None:
         wanted = [c for c in channels if c.provider == message.provider]
         if not wanted:
-            raise CannotQueue(f"lead {message.lead_id} has no {message.provider} channel")
+            reason = f"lead {message.lead_id} has no {message.provider} channel"
+            raise CannotQueue(reason, about="provider")
         chosen = wanted[0]
     else:
         default = [c for c in channels if c.provider == broker.default_provider]
         chosen = default[0] if default else channels[0]  # the one it last wrote on
     if chosen.provider not in broker.providers:
         reason = broker.disabled.get(chosen.provider, "not configured")
-        raise CannotQueue(f"provider {chosen.provider} of broker {broker.id} is off: {reason}")
+        reason = f"provider {chosen.provider} of broker {broker.id} is off: {reason}"
+        raise CannotQueue(reason, about="provider")
     return chosen

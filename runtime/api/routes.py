@@ -314,11 +314,10 @@ async def _queue(
     try:
         return await queue_message(session, service.brokers.brokers, outgoing, service.clock())
     except CannotQueue as exc:
-        reason = str(exc)
-        if "no lead" in reason:
+        if exc.about == "lead":
             raise web.HTTPNotFound(text="no such lead") from None
-        field = "provider" if "provider" in reason or "channel" in reason else "body"
-        raise Unprocessable([(field, reason)]) from None
+        field = "provider" if exc.about == "provider" else "body"
+        raise Unprocessable([(field, str(exc))]) from None
 
 
 def _idempotency_key(request: web.Request) -> str | None:
