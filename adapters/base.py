@@ -368,6 +368,12 @@ class Inbox(Protocol):
     def set_health(self, up: bool, reason: str | None = None) -> None:
         """Report the channel up, or down with why, for `/healthz`; pollers call it."""
 
+    def senders(self) -> int:
+        """How many processes send on this channel now, this one included (several
+        on one database). A channel whose sends reach only this process's own
+        connections (the web chat) catches up with the others' sends when it is more
+        than one."""
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterContext:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,10 +20,12 @@ class ChannelInbox:
         pipeline: InboundPipeline,
         sessions: async_sessionmaker[AsyncSession],
         channel: Channel,
+        senders: Callable[[], int] = lambda: 1,
     ) -> None:
         self._pipeline = pipeline
         self._sessions = sessions
         self._channel = channel
+        self._senders = senders
         self.broker_id, self.provider = channel.key
 
     async def receive(self, events: Sequence[InboundEvent]) -> None:
@@ -31,6 +33,9 @@ class ChannelInbox:
 
     def set_health(self, up: bool, reason: str | None = None) -> None:
         mark(self._channel, up, reason)
+
+    def senders(self) -> int:
+        return self._senders()
 
     async def conversation(self, channel_user_id: str, limit: int = 200) -> list[ConversationEntry]:
         async with self._sessions() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Service:
     dispatcher: Dispatcher
     scheduler: OpeningScheduler
     ownership: Ownership
+    shares: SendShares
     clock: Callable[[], datetime] = utcnow
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inboxes: dict[tuple[str, str], ChannelInbox] = field(default_factory=dict)
@@ -63,7 +65,8 @@ class Service:
         if key not in self._inboxes:
             channel = self.channels.get(broker_id, provider)
             assert channel is not None
-            self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, channel)
+            senders = functools.partial(self.shares.of, key)
+            self._inboxes[key] = ChannelInbox(self.pipeline, self.sessions, channel, senders)
         return self._inboxes[key]
 
     async def queue(self, message: Outgoing) -> int:
@@ -177,6 +180,7 @@ async def open_service(
         clock=clock,
         options=delivery_options(settings),
         events_for=crm.brokers,
+        on_events=crm.wake,
         shares=shares.of,
     )
     receipts = ReadReceipts(channels)
@@ -210,6 +214,7 @@ async def open_service(
         dispatcher,
         scheduler,
         ownership,
+        shares,
         clock,
     )
     pipeline.start()

@@ -37,6 +37,9 @@ class NoInbox:
     def set_health(self, up: bool, reason: str | None = None) -> None:
         pass
 
+    def senders(self) -> int:
+        return 1
+
 
 def channel_for(adapter: Adapter) -> Channel:
     broker = BrokerConfig("b", "B", "UTC", None, {})

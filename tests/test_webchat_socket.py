@@ -192,14 +192,14 @@ async def test_a_reply_another_process_sent_reaches_the_page_open_on_this_one(
         "[brokers.demo.providers.webchat]\n",
         "[brokers.demo.providers.webchat]\ncatch_up_seconds = 0.2\n",
     )
-    here = await make_app(toml)  # the process the visitor's page is connected to
+    here = await make_app(toml, cluster_check_seconds=0.1)  # the page is connected here
     ws = await connect(here)
     await receive(ws, "history")
     await say(ws, "client-msg-0001", "Hola")
     await receive(ws, "message")  # the welcome, sent here
     here.service.dispatcher.stop()  # from now on only the other process sends
     await next(t for t in here.service._tasks if t.get_name() == "dispatcher")
-    there = await make_app(toml)
+    there = await make_app(toml, cluster_check_seconds=0.1)
     lead_id = (await rows(here.service.engine, "SELECT id FROM leads"))[0]["id"]
     async with there.service.sessions() as session, session.begin():
         queued = QueuedMessage(lead_id, "demo", "webchat", VISITOR, "An agent will call you.")
