@@ -62,7 +62,6 @@ class BatchFacts:
             lead_name=self._names.get(message.lead_id),
             first_from_lead=self._firsts.get(message.lead_id) == message.id,
             text=message.message_text,
-            closed_since=closed.since if closed else None,
             next_open=until,
             closed=closed is not None,
             closed_reply_in_period=any(t >= since for t in history.closed_replies),

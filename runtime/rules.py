@@ -29,10 +29,8 @@ class MessageFacts:
     lead_name: str | None
     first_from_lead: bool
     text: str | None = None
-    # The closed stretch the broker is in (None: open): from when, and the next opening.
-    closed_since: datetime | None = None
-    next_open: datetime | None = None
     closed: bool = False
+    next_open: datetime | None = None  # while closed: the next opening
     closed_reply_in_period: bool = False  # one already went to this lead since it closed
     human_answered_in_period: bool = False
     open_reply_queued: bool = False  # one waits for that opening already

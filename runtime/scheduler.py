@@ -24,11 +24,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
 from leadline.config.brokers import BrokerConfig
+from leadline.config.calendar import WEEKDAYS
 from leadline.storage.types import utcnow
 
 log = logging.getLogger(__name__)
-
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def next_opening(broker: BrokerConfig, now: datetime) -> datetime | None:

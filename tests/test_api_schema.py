@@ -82,6 +82,9 @@ def server(
         process.terminate()
         process.wait(timeout=30)
         log.close()
+    # Hundreds of requests, good keys and bad: none of the keys reached a log line.
+    logged = (folder / "run.log").read_text()
+    assert DEMO_KEY not in logged and ACME_KEY not in logged
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], folder: Path) -> None:
