@@ -89,9 +89,11 @@ async def test_a_lost_postgres_connection_loses_the_lock_to_another_process(
     try:
         assert await first.try_take("poller demo/telegram")
         async with engines[1].connect() as conn:  # as a restart of the server would
+            # The timeout makes the call wait until the backend is gone: without it the
+            # signal is only sent, and on a busy machine the lock outlived the next line.
             await conn.execute(
                 sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "SELECT pg_terminate_backend(pid, 60000) FROM pg_locks "
                     "WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database = "
                     "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 )
