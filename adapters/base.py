@@ -421,7 +421,15 @@ class Adapter:
 
     # lifecycle
     async def start(self) -> None:
-        """Open sessions and check credentials. Raise to mark the channel down."""
+        """Open sessions and check credentials, only looking: nothing may change at the
+        provider here (`leadline check --online` starts channels too). Raise to mark the
+        channel down."""
+
+    async def go_live(self) -> None:
+        """After `start`, in `leadline run` only: tell the provider to deliver to this
+        process where it must be told at every start (Telegram's setWebhook in webhook
+        mode). Raise to mark the channel down. `leadline check --online` never calls it;
+        most adapters leave it as it is."""
 
     async def close(self) -> None:
         """Release everything `start` opened. Must be safe to call twice."""

@@ -113,7 +113,7 @@ START_SECONDS = 30.0  # an API that never answers must not hold the whole proces
 async def start_once(channel: Channel) -> bool:
     assert channel.adapter is not None
     try:
-        await asyncio.wait_for(channel.adapter.start(), START_SECONDS)
+        await asyncio.wait_for(_start_live(channel.adapter), START_SECONDS)
     except TimeoutError:
         mark(channel, False, f"start did not finish in {START_SECONDS:.0f} s")
         return False
@@ -122,6 +122,12 @@ async def start_once(channel: Channel) -> bool:
         return False
     mark(channel, True)
     return True
+
+
+async def _start_live(adapter: Adapter) -> None:
+    """A running channel: started (only looking), then told to the provider (`go_live`)."""
+    await adapter.start()
+    await adapter.go_live()
 
 
 def describe(exc: BaseException) -> str:

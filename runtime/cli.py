@@ -309,11 +309,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--online",
         action="store_true",
-        help="also start each channel and ask its provider whether webhooks reach us",
+        help=(
+            "also start each channel, only looking, and ask its provider whether webhooks "
+            "reach us; changes nothing at the provider"
+        ),
     )
     webhooks = commands.add_parser("webhooks", help="webhook delivery, asked of the provider")
     subscribe_cmd = webhooks.add_subparsers(dest="webhooks_command", required=True).add_parser(
-        "subscribe", help="have the provider deliver a channel's webhooks here again"
+        "subscribe",
+        help="have the provider deliver a channel's webhooks here again (Meta's "
+        "subscribed_apps, Telegram's setWebhook)",
     )
     subscribe_cmd.add_argument("broker", help="the broker id")
     subscribe_cmd.add_argument("provider", help="the provider, e.g. messenger")

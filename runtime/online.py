@@ -1,7 +1,9 @@
 """Asking the providers themselves: `leadline check --online`, `leadline webhooks subscribe`.
 
-Each channel is started as `leadline run` would start it (its credentials checked),
-asked whether the provider would deliver its webhooks here, and closed again.
+Each channel is started only looking (`Adapter.start`: its credentials checked; never
+`go_live`, which `leadline run` adds), asked whether the provider would deliver its
+webhooks here, and closed again. A check changes nothing at the provider: `subscribe`
+is the one command here that does (Meta's subscribed_apps, Telegram's setWebhook).
 """
 
 from __future__ import annotations

@@ -148,6 +148,10 @@ class TelegramAdapter(Adapter):
         self._bot = Bot(self.settings.bot_token.get_secret_value(), session=session)
         me = await self.bot.get_me()
         log.info("broker %s: telegram bot @%s ready", self.context.broker_id, me.username)
+
+    async def go_live(self) -> None:
+        """`leadline run` only: in webhook mode, the webhook is set to this process at every
+        start (a polling bot deletes a webhook only when getUpdates meets one)."""
         if self.settings.mode == "webhook":
             await self.set_webhook(self.webhook_url())
 
@@ -374,24 +378,35 @@ class TelegramAdapter(Adapter):
         return info.model_dump(mode="json", exclude_none=True)
 
     async def subscription_problem(self) -> str | None:
-        if self.settings.mode != "webhook":
-            return None  # long polling: Telegram delivers nothing by itself
+        """Asks getWebhookInfo only: a check changes nothing at Telegram."""
         info = await self.bot.get_webhook_info()
-        if info.url != self.webhook_url():
-            return f"Telegram delivers updates to {info.url or 'no webhook'}, not here"
+        if self.settings.mode != "webhook":
+            if not info.url:
+                return None  # long polling: Telegram hands updates to getUpdates
+            return (
+                f"a webhook is set for this bot ({info.url}): Telegram delivers updates "
+                'there, and `leadline run` deletes it to poll (mode = "polling")'
+            )
+        problems: list[str] = []
+        here = info.url == self.webhook_url()
+        if not here:
+            problems.append(f"Telegram delivers updates to {info.url or 'no webhook'}, not here")
         withheld = [kind for kind in ALLOWED_UPDATES if kind not in (info.allowed_updates or [])]
         if info.allowed_updates is not None and withheld:
-            return f"Telegram withholds {', '.join(withheld)} updates from this webhook"
+            whose = "this" if here else "that"
+            problems.append(
+                f"Telegram withholds {', '.join(withheld)} updates from {whose} webhook"
+            )
         failed = info.last_error_date
         # Telegram keeps its last error after later successes: it matters only while
         # updates pile up behind it.
-        if failed is not None and info.pending_update_count and _recent(failed):
-            return (
+        if here and failed is not None and info.pending_update_count and _recent(failed):
+            problems.append(
                 f"Telegram could not deliver here at {failed:%Y-%m-%d %H:%M} UTC "
                 f"({info.last_error_message or 'no reason given'}); "
                 f"{info.pending_update_count} updates wait"
             )
-        return None
+        return "; ".join(problems) or None
 
     async def subscribe(self) -> None:
         if self.settings.mode != "webhook":
