@@ -22,8 +22,10 @@ def decode_json(body: bytes) -> Any:
         raise MalformedPayload("body is not bytes")
     try:
         return json.loads(bytes(body))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         raise MalformedPayload("body is not valid JSON") from exc
+    except RecursionError as exc:  # Python's parser stops near 1,000 levels
+        raise MalformedPayload("body is nested too deeply") from exc
 
 
 def obj(value: Any) -> Mapping[str, Any] | None:
@@ -31,18 +33,23 @@ def obj(value: Any) -> Mapping[str, Any] | None:
     return value if type(value) is dict or isinstance(value, Mapping) else None
 
 
-MAX_ID = 255  # the longest id storage accepts (runtime/sanitize.py)
+# The longest id a parser keeps. Storage holds 255 characters; the runtime keeps a
+# longer id under its sha256 digest (runtime/sanitize.py), so only garbage is refused.
+MAX_ID_LENGTH = 4096
 
 
 def ident(value: Any) -> str | None:
-    """An id storage can hold: a non-empty printable string (or an int) of ≤255 chars.
+    """An id: a non-empty printable string (or an int) of at most MAX_ID_LENGTH chars.
 
     One bad id must not make the runtime refuse a whole batch that a provider then
     retries for days: an unfit id is None, and the parser skips or keeps the item raw.
+    An id over 255 characters is no unfit id: it is stored under its digest.
     """
     if type(value) is int:  # never a bool; providers send strings, but a number is plain
+        if value.bit_length() > 3 * MAX_ID_LENGTH:  # str() refuses past 4,300 digits
+            return None
         value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
         return None
     # isprintable() also refuses NUL and lone surrogates, which storage cannot hold.
     return value if value.isprintable() else None

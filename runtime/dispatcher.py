@@ -41,6 +41,7 @@ from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
+from leadline.runtime.sanitize import UNREACHABLE_USER, is_digest
 from leadline.storage import crm_events
 from leadline.storage.conversation import answered_by_human
 from leadline.storage.leads import rekey_channel
@@ -266,6 +267,8 @@ class Dispatcher:
             log.info("scheduled message %s withdrawn: a human answered the lead", row.id)
             return Withdrawn(row.id)
         message = _outbound(row)
+        if is_digest(row.channel_user_id):
+            return self._failed(row, UNREACHABLE_USER)
         if message.template is not None and not adapter.capabilities.templates:
             return self._failed(row, f"{row.provider} cannot send message templates")
         if (over := await self._over_quota(adapter, row)) is not None:

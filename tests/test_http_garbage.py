@@ -22,6 +22,7 @@ from aiohttp import ClientError, ClientResponse, WSMsgType, WSServerHandshakeErr
 from aiohttp.client_ws import ClientWebSocketResponse
 from yarl import URL
 
+from leadline.runtime.sanitize import id_digest
 from tests.conftest import TEST_ENV, AppHarness
 from tests.fakes.plugins.signed import sign
 from tests.helpers import count, rows
@@ -669,16 +670,32 @@ async def test_signed_batch_with_a_malformed_second_message_stores_none_of_it(ap
 async def test_signed_batch_whose_second_message_has_an_unstorable_id_stores_none_of_it(
     app: AppHarness,
 ):
-    """All-or-nothing: the 2nd message's id is longer than any column holds."""
+    """All-or-nothing: the 2nd message's id holds a control character no id can have."""
     body = (
         b'{"messages": [{"id": "m1", "from": "u1", "text": "fine"},'
-        b' {"id": "' + b"i" * 300 + b'", "from": "u2", "text": "fine"},'
+        b' {"id": "i\\u0007", "from": "u2", "text": "fine"},'
         b' {"id": "m3", "from": "u3", "text": "fine"}]}'
     )
     response = await post_signed(app, body)
     assert response.status == 400
     await assert_json_error(response, "batch with an unstorable 2nd message")
     await assert_nothing_stored(app, "batch with an unstorable 2nd message")
+
+
+async def test_signed_batch_whose_second_message_id_is_over_255_chars_is_stored_whole(
+    app: AppHarness,
+):
+    """A plugin's id longer than any column holds is stored under its sha256 digest."""
+    body = (
+        b'{"messages": [{"id": "m1", "from": "u1", "text": "fine"},'
+        b' {"id": "' + b"i" * 300 + b'", "from": "u2", "text": "fine"},'
+        b' {"id": "m3", "from": "u3", "text": "fine"}]}'
+    )
+    for _ in range(2):  # the redelivery stores nothing new
+        response = await post_signed(app, body)
+        assert response.status == 200, await response.text()
+    stored = sorted(r["channel_message_id"] for r in await inbound(app))
+    assert stored == sorted(["m1", id_digest("i" * 300), "m3"])
 
 
 async def test_text_the_database_cannot_hold_is_repaired_not_refused(app: AppHarness):

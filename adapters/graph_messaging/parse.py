@@ -39,7 +39,7 @@ from leadline.adapters.base import (
     StatusUpdate,
     StatusWatermark,
 )
-from leadline.adapters.payload import MAX_ID, decode_json, finite, obj, put, text, utc_from_unix
+from leadline.adapters.payload import decode_json, finite, obj, put, text, utc_from_unix
 from leadline.adapters.payload import ident as _id
 
 OURS = "leadline:"  # the `metadata` our sends carry, so their echoes are known
@@ -212,7 +212,7 @@ def _postback(item: _Item, postback: Mapping[str, Any] | None) -> list[InboundEv
     put(metadata, "postback_payload", payload)
     return [
         InboundMessage(
-            channel_message_id=mid[:MAX_ID],
+            channel_message_id=mid,  # a key over 255 characters is stored under its digest
             channel_user_id=item.sender,
             text=title or payload,
             sent_at=item.at,
@@ -233,7 +233,7 @@ def _reaction(item: _Item, reaction: Mapping[str, Any] | None) -> list[InboundEv
     put(metadata, "reaction", text(reaction.get("reaction")))
     return [
         InboundMessage(
-            channel_message_id=f"reaction:{mid}:{item.sender}:{int(item.millis)}"[:MAX_ID],
+            channel_message_id=f"reaction:{mid}:{item.sender}:{int(item.millis)}",
             channel_user_id=item.sender,
             text=text(reaction.get("emoji")),
             sent_at=item.at,

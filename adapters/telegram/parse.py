@@ -32,7 +32,7 @@ from leadline.adapters.base import (
     InboundMessage,
     MalformedPayload,
 )
-from leadline.adapters.payload import decode_json, utc_from_unix
+from leadline.adapters.payload import decode_json, ident, utc_from_unix
 from leadline.adapters.payload import finite as _num
 from leadline.adapters.payload import obj as _obj
 from leadline.adapters.payload import put as _put
@@ -58,7 +58,6 @@ ENVELOPE_FIELDS = frozenset(
 UNPARSED = "unparsed"  # raw_type of a message this module failed on (a bug, never expected)
 _NUMERIC_ID = re.compile(r"-?[0-9]{1,20}")
 _INT_LIMIT = 2**63
-_MAX_CALLBACK_ID = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +241,7 @@ def _callback_query_id(value: Any) -> str | None:
     raw = query.get("id")
     if isinstance(raw, int):
         return _id(raw)
-    text = _str(raw)
-    if text and len(text) <= _MAX_CALLBACK_ID and text.isprintable():
-        return text
-    return None
+    return ident(raw)  # a key over 255 characters is stored under its digest
 
 
 def _update_type(update: Mapping[str, Any]) -> str | None:

@@ -23,9 +23,11 @@ itself and never lets a gap in one item lose the others.
   username has no `from`: their BSUID is then the lead's id.
 - Top-level `errors[]` of a change become `ProviderNotice`s in `Delivery.notices`,
   keyed by the body's digest and their place in it: a redelivery repeats the keys.
-- Ids are kept only when storage can hold them (non-empty printable strings of
-  at most 255 characters): one bad id must not make the runtime refuse, and
-  Meta retry for 7 days, a whole batch.
+- Ids are kept when they are ids (non-empty printable strings, at most 4,096
+  characters: `payload.ident`); one over the 255 characters a column holds is
+  stored by the runtime under its digest. An item whose id is garbage is skipped:
+  one bad id must not make the runtime refuse, and Meta retry for 7 days, a whole
+  batch.
 """
 
 from __future__ import annotations
