@@ -60,6 +60,7 @@ class Gate:
         self._smooth = smooth
         self._tune(limits)
         self._due = 0.0  # when the next evenly spaced send is due
+        self._woken = False  # the sender passing now slept until the limits let it
         self._clock = clock
         self._paused_until = 0.0
         self._queue: deque[asyncio.Future[None]] = deque()
@@ -73,9 +74,12 @@ class Gate:
         # once goes out over many milliseconds, and its spread could make the
         # provider count one too many in some second.
         self._interval = self._pace if self._smooth else 0.0
-        # A schedule fallen behind (a busy event loop) catches up for at most one
-        # window; longer than that, the gate was idle and starts afresh.
-        self._catch_up = min((w.span for w in self._windows), default=0.0)
+        # A sender that waited for its turn and was woken a little late (a busy event
+        # loop) keeps the schedule, so such delays do not add up into a lower rate;
+        # by at most half an interval, so two passes are never closer than that.
+        # After an idle of any length, or a longer stall, the schedule starts afresh
+        # at the pass: the next ones follow at the pace, never in a burst.
+        self._catch_up = self._interval / 2
 
     def retune(self, limits: Sequence[RateLimit]) -> None:
         """New limits from now on; the sends already made count against them, and
@@ -121,6 +125,7 @@ class Gate:
         """Wait until the limits would let a send pass, without taking it; False if that
         is after `deadline`. For a scope with one sender at a time (a chat), together
         with `take`: the pass is then recorded when the send really goes."""
+        self._woken = False
         while True:
             now = self._clock()
             at = self._next_free(now)
@@ -130,16 +135,17 @@ class Gate:
                 return True
             # Re-checked on waking: a pause may have come in meanwhile.
             await asyncio.sleep(at - now)
+            self._woken = True
 
     def take(self) -> bool:
         now = self._clock()
         for window in self._windows:
             window.take(now)
-        # The next due time follows the schedule, not this send's late wake-up, so
-        # small delays do not add up into a lower rate; the windows above still
-        # record the real times, and they are what bounds every span.
-        late = now - self._due
-        self._due = (self._due if 0 <= late < self._catch_up else now) + self._interval
+        # The windows above record the real times: they bound every span whatever
+        # the schedule does.
+        behind = self._woken and 0 <= now - self._due <= self._catch_up
+        self._due = (self._due if behind else now) + self._interval
+        self._woken = False
         return True
 
     def _leave(self, turn: asyncio.Future[None]) -> None:

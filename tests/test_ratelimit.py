@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import selectors
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
 from leadline.adapters.base import RateLimit
 from leadline.config.brokers import RateLimitConfig
 from leadline.runtime.ratelimit import MARGIN, Gate, Gates, Window, configured_limits
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -130,3 +136,100 @@ def test_a_retuned_channel_gate_counts_the_sends_already_made_and_keeps_its_paus
     # At 5 per second the five sends already made fill the window: the next waits
     # until the first of them is a full (stretched) second old.
     assert gate.delay() == pytest.approx(1.0 * (1 + MARGIN) - 0.6)
+
+
+# --- even pacing after an idle of any length, in virtual time ------------------------------
+
+
+class VirtualTime(selectors.SelectSelector):
+    """An event loop's selector that never waits: where the loop would sleep, its clock
+    moves on instead, plus `lateness()` (how late a busy loop wakes). Gates are then run
+    through `acquire` exactly and in no time."""
+
+    def __init__(self, lateness: Callable[[], float]) -> None:
+        super().__init__()
+        self.now = 1000.0
+        self._lateness = lateness
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("every task waits and no timer is set: the test is stuck")
+        if timeout > 0:
+            self.now += timeout + self._lateness()
+        return []
+
+
+def in_virtual_time(
+    scenario: Callable[[Callable[[], float]], Awaitable[T]],
+    lateness: Callable[[], float] = lambda: 0.0,
+) -> T:
+    """Run `scenario(clock)` on an event loop whose time is `clock`."""
+    selector = VirtualTime(lateness)
+    loop = asyncio.SelectorEventLoop(selector)
+    loop.time = lambda: selector.now  # type: ignore[method-assign]
+    try:
+        return loop.run_until_complete(scenario(loop.time))
+    finally:
+        loop.close()
+
+
+async def pass_senders(gate: Gate, clock: Callable[[], float], count: int) -> list[float]:
+    """`count` senders arrive at the gate at once; when each passed, in order."""
+    times: list[float] = []
+
+    async def send() -> None:
+        assert await gate.acquire(clock() + 1000)
+        times.append(clock())
+
+    await asyncio.gather(*(send() for _ in range(count)))
+    return times
+
+
+def most_at_the_receiver(passes: list[float], jitter: float, rng: random.Random) -> int:
+    """The most arrivals in any 1 s window when each send arrives up to `jitter` late."""
+    return most_in_any_window([at + rng.uniform(0, jitter) for at in passes], 1.0)
+
+
+@pytest.mark.parametrize("rate", [5, 30])
+@pytest.mark.parametrize("idle_windows", [i / 10 for i in range(16)])
+def test_a_channel_gate_paces_evenly_after_an_idle_of_any_length_never_a_burst(
+    rate: int, idle_windows: float
+):
+    interval = (1 + MARGIN) / rate
+
+    async def scenario(clock: Callable[[], float]) -> tuple[list[float], list[float]]:
+        gate = Gate([RateLimit(rate, 1.0)], clock, smooth=True)
+        before = await pass_senders(gate, clock, 2 * rate)
+        await asyncio.sleep(idle_windows)  # the queue emptied; new senders come this much later
+        return before, await pass_senders(gate, clock, 3 * rate)
+
+    before, after = in_virtual_time(scenario)
+
+    gaps = [b - a for a, b in itertools.pairwise(before[-1:] + after)]
+    assert min(gaps) == pytest.approx(interval)  # at the pace, or at once after a long idle
+    assert after[1] - after[0] == pytest.approx(interval)
+    passes = before + after
+    assert most_in_any_window(passes, 1.0 + MARGIN - 1e-9) <= rate
+    # So sends that each arrive up to the margin late never show the receiver more
+    # than the limit in any 1 s window.
+    rng = random.Random(rate)
+    assert max(most_at_the_receiver(passes, MARGIN, rng) for _ in range(50)) <= rate
+
+
+def test_a_channel_gate_woken_late_by_a_busy_loop_catches_up_by_at_most_half_an_interval():
+    rate = 30
+    interval = (1 + MARGIN) / rate
+    rng = random.Random(5)
+
+    async def scenario(clock: Callable[[], float]) -> list[float]:
+        gate = Gate([RateLimit(rate, 1.0)], clock, smooth=True)
+        return await pass_senders(gate, clock, 600)
+
+    # Wake-ups 4 ms late on average, now and then by more than a whole interval.
+    passes = in_virtual_time(scenario, lambda: rng.expovariate(1 / 0.004))
+
+    gaps = [b - a for a, b in itertools.pairwise(passes)]
+    assert min(gaps) >= interval / 2 - 1e-9  # never two at once
+    assert most_in_any_window(passes, 1.0 + MARGIN - 1e-9) <= rate
+    kept = (len(passes) - 1) / (passes[-1] - passes[0])
+    assert rate / (1 + MARGIN) * 0.97 <= kept <= rate, f"{kept:.2f}/s"
