@@ -28,7 +28,9 @@ module defines `conformance_kit()`. The checks (`CHECKS`):
   to a status that goes back;
 - a send works, and a throttled send (the provider's 429 or its equivalent) is
   reported retryable, with the provider's delay when it gives one;
-- secrets never appear in a log line (at DEBUG) or in an error's text.
+- secrets never appear in a log line (at DEBUG) or in an error's text;
+- a start only looks: starting the channel and asking whether webhooks reach us (what
+  `leadline check --online` does) sends the fake API no request that changes anything.
 """
 
 from __future__ import annotations
@@ -113,9 +115,13 @@ class Kit:
     status_samples: Sequence[Sample] = ()  # status deliveries in the provider's own order
     # What a send needs besides the recipient: the last inbound time, for messaging windows.
     outbound: Mapping[str, Any] = field(default_factory=dict)
+    # Whether a request to the fake API (HTTP method, path) only reads; None: GET and HEAD
+    # do. For APIs that read by POST (Telegram's Bot API).
+    reads: Callable[[str, str], bool] | None = None
 
 
 Check = Callable[[Kit], Awaitable[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ConformanceError(AssertionError):
@@ -302,6 +308,31 @@ async def _exercise(kit: Kit, errors: list[str]) -> None:
                     errors.append(f"{type(exc).__name__}: {exc} {exc.args!r}")
 
 
+# --- a start only looks ----------------------------------------------------------------------
+
+
+async def start_only_looks(kit: Kit) -> None:
+    if kit.fake_api is None:
+        return
+    seen: list[tuple[str, str]] = []
+    async with serving(kit.fake_api(), seen) as base, started(kit, base) as adapter:
+        # Whether the provider can tell is not this check's question: what it was sent is.
+        with contextlib.suppress(Exception):
+            await adapter.subscription_problem()
+    reads = kit.reads or _reads_by_method
+    # The path's last part only: a path may hold a token (Telegram's /bot<token>/...).
+    changes = [f"{m} .../{p.rsplit('/', 1)[-1]}" for m, p in seen if not reads(m, p)]
+    expect(
+        not changes,
+        f"starting for a check changed the provider's state ({', '.join(changes)}): "
+        "start() only looks; what `leadline run` must tell the provider goes in go_live()",
+    )
+
+
+def _reads_by_method(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD")
+
+
 CHECKS: tuple[Check, ...] = (
     signatures_fail_closed,
     secrets_must_not_be_blank,
@@ -311,6 +342,7 @@ CHECKS: tuple[Check, ...] = (
     statuses_are_monotonic,
     sends_and_throttles,
     secrets_never_leak,
+    start_only_looks,
 )
 
 
@@ -332,7 +364,7 @@ async def run(kit: Kit) -> list[tuple[str, str]]:
 async def started(kit: Kit, api_base: str | None = None) -> AsyncIterator[Adapter]:
     table = {**kit.config, **({"api_base": api_base} if api_base else {})}
     config = kit.adapter.config_model.model_validate(table)
-    # A public URL: adapters that register their webhook at start (Telegram) need one.
+    # A public URL: adapters that check where their webhook points (Telegram) need one.
     context = AdapterContext("conformance", "Conformance Realty", PUBLIC_URL)
     adapter = kit.adapter(config, context)
     try:
@@ -344,10 +376,20 @@ async def started(kit: Kit, api_base: str | None = None) -> AsyncIterator[Adapte
 
 
 @contextlib.asynccontextmanager
-async def serving(fake: FakeApi) -> AsyncIterator[str]:
-    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL."""
+async def serving(fake: FakeApi, seen: list[tuple[str, str]] | None = None) -> AsyncIterator[str]:
+    """Serve `fake` on 127.0.0.1 (a free port) and yield its base URL; with `seen`, the
+    (method, path) of every request it receives is appended there."""
+    app = fake.app()
+    if seen is not None:
+
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            seen.append((request.method, request.path))
+            return await handler(request)
+
+        app.middlewares.insert(0, record)
     # No access log: request paths and queries hold tokens and hashes, never logged.
-    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

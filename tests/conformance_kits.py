@@ -292,7 +292,15 @@ def telegram_kit() -> Kit:
         signs_body=False,
         fake_api=TelegramApi,
         throttle_delay=TG_RETRY_AFTER,  # Telegram's 429 gives `retry_after`
+        reads=bot_api_reads,
     )
+
+
+def bot_api_reads(http_method: str, path: str) -> bool:
+    """The Bot API takes every method by POST: its getX methods only read, but getUpdates
+    confirms updates (and ends another poller's long poll)."""
+    method = path.rsplit("/", 1)[-1].lower()
+    return method.startswith("get") and method != "getupdates"
 
 
 def tiktok_kit() -> Kit:

@@ -3,11 +3,16 @@ per adapter and check, so a failure names both; and no built-in left without a k
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from leadline.adapters.base import Adapter
-from leadline.adapters.conformance import CHECKS, Check
+from leadline.adapters.conformance import CHECKS, Check, ConformanceError, start_only_looks
+from leadline.adapters.messenger import MessengerAdapter
 from leadline.adapters.registry import discover
+from leadline.adapters.telegram import TelegramAdapter
 from tests.conformance_kits import KITS, WITHOUT_KIT
 
 
@@ -44,3 +49,34 @@ def test_adapters_left_without_a_kit_take_no_webhooks() -> None:
 def test_every_kit_is_for_the_adapter_of_its_name() -> None:
     for name, kit in KITS.items():
         assert kit().adapter.name == name
+
+
+class SubscribingAtStart(MessengerAdapter):
+    """A Messenger adapter that re-subscribes its Page in `start`, as a check must not."""
+
+    async def start(self) -> None:
+        await super().start()
+        await self.subscribe()
+
+
+class SettingTheWebhookAtStart(TelegramAdapter):
+    """Telegram as it was: `start` set the webhook, so a check overwrote it."""
+
+    async def start(self) -> None:
+        await super().start()
+        await self.set_webhook(self.webhook_url())
+
+
+@pytest.mark.parametrize(
+    ("name", "adapter", "call"),
+    [
+        ("messenger", SubscribingAtStart, "POST .../subscribed_apps"),
+        ("telegram", SettingTheWebhookAtStart, "POST .../setWebhook"),
+    ],
+)
+async def test_a_start_that_changes_the_provider_fails_start_only_looks(
+    name: str, adapter: type[Adapter], call: str
+) -> None:
+    kit = dataclasses.replace(KITS[name](), adapter=adapter)
+    with pytest.raises(ConformanceError, match=re.escape(call)):
+        await start_only_looks(kit)

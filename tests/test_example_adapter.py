@@ -44,6 +44,7 @@ CHECK_NAMES = (
     "statuses_are_monotonic",
     "sends_and_throttles",
     "secrets_never_leak",
+    "start_only_looks",
 )
 
 
