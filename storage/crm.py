@@ -11,10 +11,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from leadline.config.vocabulary import Direction
+from leadline.storage import search
 from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.models import (
     ApiIdempotencyKey,
@@ -31,7 +34,7 @@ from leadline.storage.types import utcnow
 class LeadFilter:
     provider: str | None = None
     tag: str | None = None
-    text: str | None = None  # in the name, the phone, a channel's username or id
+    text: str | None = None  # in the name, phone, a channel's username or id (search.py)
     updated_since: datetime | None = None  # the lead changed, or a message came or went
 
 
@@ -54,17 +57,25 @@ async def list_leads(
     session: AsyncSession, broker_id: str, where: LeadFilter, after_id: int, limit: int
 ) -> list[Lead]:
     """A page of the broker's leads in id order, after `after_id`."""
+    query = leads_query(session, broker_id, where, after_id, limit)
+    return list((await session.exec(query)).all())
+
+
+def leads_query(
+    session: AsyncSession, broker_id: str, where: LeadFilter, after_id: int, limit: int
+) -> SelectOfScalar[Lead]:
+    """The statement of `list_leads` (its plan is tested)."""
     query = select(Lead).where(col(Lead.broker_id) == broker_id, col(Lead.id) > after_id)
     if where.provider is not None:
         query = query.where(_has_channel(col(LeadChannel.provider) == where.provider))
     if where.tag is not None:
         query = query.where(_has_tag(session, where.tag))
-    if where.text:
-        query = query.where(_matches(where.text))
+    matching = search.matching(session.get_bind().dialect.name, where.text or "")
+    if matching is not None:
+        query = query.where(matching)
     if where.updated_since is not None:
         query = query.where(_changed_since(where.updated_since))
-    query = query.order_by(col(Lead.id)).limit(limit)
-    return list((await session.exec(query)).all())
+    return query.order_by(col(Lead.id)).limit(limit)
 
 
 async def get_lead(session: AsyncSession, broker_id: str, lead_id: int) -> LeadView | None:
@@ -92,6 +103,7 @@ async def update_lead(
     view.lead.updated_at = utcnow()
     session.add(view.lead)
     await session.flush()
+    await _search_anew(session, view.lead)
     return view
 
 
@@ -124,7 +136,17 @@ async def merge_leads(
     session.expunge(gone.lead)  # deleted below, by a statement
     await session.flush()
     await _move_and_delete(session, into_id, from_id)
+    await _search_anew(session, lead)  # found by what it took in
     return await get_lead(session, broker_id, into_id)
+
+
+async def _search_anew(session: AsyncSession, lead: Lead) -> None:
+    """The lead's `search_text` after its fields or channels were written (and flushed),
+    composed from the database rather than from the objects at hand: a channel another
+    transaction renamed meanwhile is not lost (search.refresh)."""
+    assert lead.id is not None
+    texts = await search.refresh(session, [lead.id])
+    set_committed_value(lead, "search_text", texts.get(lead.id, lead.search_text))
 
 
 MERGE_TRIES = 5
@@ -169,20 +191,6 @@ def _has_tag(session: AsyncSession, tag: str) -> sa.ColumnElement[bool]:
         return tags.contains(sa.func.jsonb_build_array(tag))
     each = sa.func.json_each(col(Lead.tags)).table_valued("value")
     return sa.select(each.c.value).where(each.c.value == tag).exists()
-
-
-def _matches(text: str) -> sa.ColumnElement[bool]:
-    needle = text.lower()
-    return sa.or_(
-        sa.func.lower(col(Lead.name)).contains(needle, autoescape=True),
-        col(Lead.phone).contains(text, autoescape=True),
-        _has_channel(
-            sa.or_(
-                sa.func.lower(col(LeadChannel.channel_username)).contains(needle, autoescape=True),
-                col(LeadChannel.channel_user_id) == text,
-            )
-        ),
-    )
 
 
 def _changed_since(since: datetime) -> sa.ColumnElement[bool]:

@@ -34,6 +34,7 @@ from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.inbound import IDEMPOTENCY_KEY
 from leadline.storage.leads import chunks
 from leadline.storage.models import ChatMessage, Lead, LeadChannel, LegacyImport
+from leadline.storage.search import refresh
 from leadline.storage.types import utcnow
 
 LeadKey = int | str  # a legacy lead id, as the legacy database has it
@@ -297,6 +298,9 @@ class HistoryImport:
             self._ours.add(lead.lead_id)
             if lead.lead_key is not None:
                 self._lead_of_legacy[lead.lead_key] = lead.lead_id
+        if not self.dry_run:  # the new leads, and the leads that gained channels, searchable
+            kept = [lead.lead_id for lead in new_leads if lead.lead_id not in gone]
+            await refresh(session, kept + [lead_id for _, lead_id in on_existing])
         counts.leads_created += len(new_leads) - len(empty)
         counts.channels_created += len(won)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from leadline.config.vocabulary import Direction
 from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.models import ChatMessage, Lead, LeadChannel
+from leadline.storage.search import compose, refresh
 from leadline.storage.types import utcnow
 
 
@@ -65,6 +67,7 @@ async def resolve_leads(
         if key in known and who.channel_username and who.channel_username != known[key][1]
     ]
     await _rename(session, renamed)
+    await refresh(session, [leads[identity_of(who)] for who in renamed])
     return leads
 
 
@@ -113,11 +116,7 @@ async def _create_leads(
     session: AsyncSession, people: Sequence[ChannelIdentity]
 ) -> dict[Identity, int]:
     now = utcnow()
-    lead_rows = [
-        {"broker_id": who.broker_id, "name": who.display_name or who.channel_username,
-         "tags": [], "created_at": now}
-        for who in people
-    ]  # fmt: skip
+    lead_rows = [_lead_row(who, now) for who in people]
     conn = await session.connection()
     lead_ids = list((await conn.execute(_NEW_LEADS, lead_rows)).scalars())
     created = {identity_of(who): lead_id for who, lead_id in zip(people, lead_ids, strict=True)}
@@ -135,6 +134,17 @@ async def _create_leads(
         known = await _known_channels(session, lost)
         created.update({key: lead_id for key, (lead_id, _) in known.items()})
     return created
+
+
+def _lead_row(who: ChannelIdentity, now: datetime) -> dict[str, Any]:
+    name = who.display_name or who.channel_username
+    return {
+        "broker_id": who.broker_id,
+        "name": name,
+        "tags": [],
+        "created_at": now,
+        "search_text": compose(name, None, [(who.channel_username, who.channel_user_id)]),
+    }
 
 
 def channel_is(broker_id: str, provider: str, channel_user_id: str) -> sa.ColumnElement[bool]:
@@ -169,12 +179,14 @@ async def rekey_channel(
         )
     )
     if taken.first() is None:
-        await session.exec(
+        moved = await session.exec(
             sa.update(LeadChannel)
             .where(col(LeadChannel.broker_id) == broker_id, col(LeadChannel.provider) == provider)
             .where(col(LeadChannel.channel_user_id) == old)
             .values(channel_user_id=new)
+            .returning(col(LeadChannel.lead_id))
         )
+        await refresh(session, list(moved.scalars()))  # the user id is searched too
     await session.exec(
         sa.update(ChatMessage)
         .where(col(ChatMessage.broker_id) == broker_id, col(ChatMessage.provider) == provider)

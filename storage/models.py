@@ -65,6 +65,9 @@ class Lead(SQLModel, table=True):
     )
     created_at: datetime = _created()
     updated_at: datetime = _created()  # the lead's own fields (name, phone, tags, merges)
+    # The name, phone and channels folded for `q` (storage/search.py), rewritten with
+    # them; its index is made by migration 0005 (pg_trgm GIN, or an FTS5 table on SQLite).
+    search_text: str = Field(default="", sa_column_kwargs={"nullable": False, "server_default": ""})
 
 
 class LeadChannel(SQLModel, table=True):

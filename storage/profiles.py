@@ -19,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.storage.leads import channel_is
 from leadline.storage.models import Lead, LeadChannel
+from leadline.storage.search import refresh
 from leadline.storage.types import utcnow
 
 NO_PROFILE = "no_profile"  # lead_metadata key: the providers that had no profile to give
@@ -98,6 +99,7 @@ async def name_lead(
 
 async def no_profile(session: AsyncSession, who: Nameless) -> None:
     """Record that the provider had no profile of this lead to give."""
+    await refresh(session, [who.lead_id])  # found by its new name and username
     lead = await session.get(Lead, who.lead_id, with_for_update=True)
     if lead is None:
         return

@@ -355,8 +355,11 @@ async def test_migrations_match_the_models(engine: AsyncEngine):
     from alembic.runtime.migration import MigrationContext
     from sqlmodel import SQLModel
 
+    from leadline.storage.search import include_name
+
     def diff(sync) -> list:
-        context = MigrationContext.configure(sync, opts={"compare_type": False})
+        opts = {"compare_type": False, "include_name": include_name}  # not the search index
+        context = MigrationContext.configure(sync, opts=opts)
         return compare_metadata(context, SQLModel.metadata)
 
     async with engine.connect() as conn:

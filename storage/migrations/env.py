@@ -12,6 +12,7 @@ from sqlmodel import SQLModel
 
 from leadline.storage import models  # noqa: F401  (registers the tables)
 from leadline.storage.engine import make_engine
+from leadline.storage.search import include_name
 
 target_metadata = SQLModel.metadata
 
@@ -22,6 +23,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,  # the search index, made with SQL the models cannot say
     )
     with context.begin_transaction():
         context.run_migrations()
