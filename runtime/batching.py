@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 Apply = Callable[[AsyncSession, Sequence[T]], Awaitable[Sequence[R]]]
+Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]  # an async_sessionmaker
 
 GATHER_SECONDS = 0.002
 BUSY_WITHIN_SECONDS = 0.005
@@ -36,17 +37,20 @@ class GroupCommit(Generic[T, R]):
 
     A batch holds items up to `max_batch` in total `weight` (say, events per
     delivery); `committed` is called with a batch's results once it is committed.
-    Until `start` (and after `stop`) every item is its own transaction.
+    While commits follow each other closely, a lone item waits `gather_seconds` for
+    others (0: only the items already queued join it). Until `start` (and after
+    `stop`) every item is its own transaction.
     """
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         apply: Apply[T, R],
         name: str,
         max_batch: int = 500,
         weight: Callable[[T], int] = lambda _: 1,
         committed: Callable[[Sequence[R]], None] | None = None,
+        gather_seconds: float = GATHER_SECONDS,
     ) -> None:
         self._sessions = sessions
         self._apply = apply
@@ -54,6 +58,7 @@ class GroupCommit(Generic[T, R]):
         self._max_batch = max_batch
         self._weight = weight
         self._committed = committed
+        self._gather_seconds = gather_seconds
         self._queue: asyncio.Queue[_Item[T, R] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_commit = float("-inf")
@@ -106,7 +111,7 @@ class GroupCommit(Generic[T, R]):
         a quiet spell still waits only the one turn.
         """
         since = asyncio.get_running_loop().time() - self._last_commit
-        return GATHER_SECONDS if since < BUSY_WITHIN_SECONDS else 0
+        return self._gather_seconds if since < BUSY_WITHIN_SECONDS else 0
 
     async def _commit(self, batch: list[_Item[T, R]]) -> None:
         try:

@@ -4,7 +4,9 @@ Each cycle takes the due head of every recipient (one row per chat, in id
 order), as many per channel as its rate lets go within a few seconds, with a
 lease and the attempt counted (one transaction). Each taken row then waits
 for its recipient's and its channel's rate limits, is sent, and its outcome is
-stored with the others that ended meanwhile (group commit).
+committed at once, in a transaction of outcomes only: those that ended while
+the previous one committed go with it (group commit), and on SQLite it goes
+before every other writer of the process that waits (`urgent_writes`).
 
 The one window where a message can go out twice: the process dies while the
 provider call is under way. The row is then still `pending` with the attempt
@@ -44,6 +46,7 @@ from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.sanitize import UNREACHABLE_USER, is_digest
 from leadline.storage import crm_events
 from leadline.storage.conversation import answered_by_human
+from leadline.storage.engine import ReservedSessions, urgent_writes
 from leadline.storage.leads import rekey_channel
 from leadline.storage.messages import settle_early_statuses
 from leadline.storage.outbox import (
@@ -124,8 +127,11 @@ class Dispatcher:
         self._events_for = events_for  # brokers whose CRM hears of sends and failures
         self._on_events = on_events  # wakes the CRM sender
         self._shares = shares  # how many processes send on a channel, this one included
-        self._writer: GroupCommit[_Take | Outcome, _Taken | None] = GroupCommit(
-            sessions, self._write, "outbox-writer"
+        # Outcomes only: taking new heads (queries that may take long) never holds them up;
+        # on a connection of their own while running: never waiting for the pool either.
+        self._reserved = ReservedSessions(sessions)
+        self._outcomes: GroupCommit[Outcome, None] = GroupCommit(
+            self._reserved, self._record, "outcome-writer", gather_seconds=0
         )
         self._wake = asyncio.Event()
         self._in_flight: dict[Recipient, asyncio.Task[None]] = {}
@@ -147,7 +153,8 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        self._writer.start()
+        self._reserved.open()
+        self._outcomes.start()
         try:
             while not self._stopping:
                 try:
@@ -160,7 +167,8 @@ class Dispatcher:
                 self._wake.clear()
         finally:
             await self.drain_in_flight()
-            await self._writer.stop()
+            await self._outcomes.stop()
+            await self._reserved.close()
 
     async def drain_in_flight(self) -> None:
         """Let the sends under way finish; rows still waiting for their limits go back."""
@@ -175,8 +183,8 @@ class Dispatcher:
         now = self._clock()
         await self._sweep(now)
         budgets = {c.key: self._budget(c) for c in self._channels if _sendable(c)}
-        taken = await self._writer.submit(_Take(now, budgets))
-        assert isinstance(taken, _Taken)
+        async with self._sessions() as session, session.begin():
+            taken = await self._take(session, _Take(now, budgets))
         for row in taken.rows:
             self._start(row)
         self._gates.prune()
@@ -184,18 +192,19 @@ class Dispatcher:
             return min(IDLE_POLL_SECONDS, (taken.next_due - now).total_seconds())
         return IDLE_POLL_SECONDS
 
-    async def _write(
-        self, session: AsyncSession, items: Sequence[_Take | Outcome]
-    ) -> list[_Taken | None]:
-        """Every outbox write of this dispatcher, in one task: outcomes (freeing their
-        chats) first, then the taking of new heads. No two of its transactions ever
-        wait for each other's lock."""
-        outcomes = [i for i in items if not isinstance(i, _Take)]
-        await record(session, outcomes)
-        if self._events_for:
-            ended = [o.id for o in outcomes if isinstance(o, Sent | Failed)]
-            await crm_events.emit(session, ended, crm_events.STATUS, self._events_for)
-        return [await self._take(session, i) if isinstance(i, _Take) else None for i in items]
+    async def _record(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[None]:
+        """Outcomes, with their CRM events, in a transaction of their own: from the
+        provider's answer to this commit is the window in which a crash sends a message
+        twice. On SQLite it goes before the other writers of this process that wait (API
+        requests, the taking of heads), though not before one already inside its
+        transaction; on PostgreSQL it touches only rows this process holds (leased, so
+        no claim locks them) and waits for no claim."""
+        with urgent_writes():
+            await record(session, outcomes)
+            if self._events_for:
+                ended = [o.id for o in outcomes if isinstance(o, Sent | Failed)]
+                await crm_events.emit(session, ended, crm_events.STATUS, self._events_for)
+        return [None] * len(outcomes)
 
     async def _take(self, session: AsyncSession, take: _Take) -> _Taken:
         heads = [r for r in await due_heads(session, take.now, take.budgets) if self._may_start(r)]
@@ -240,17 +249,17 @@ class Dispatcher:
     async def _send(self, row: OutboxRow) -> None:
         try:
             outcome = await self.deliver(row)
-            await self._writer.submit(outcome)  # committed, with its CRM event if any
+            await self._outcomes.submit(outcome)  # committed, with its CRM event if any
             if isinstance(outcome, Sent | Failed) and row.broker_id in self._events_for:
                 self._on_events()
         except asyncio.CancelledError:
             # Stopped while it waited for its limits: hand the row back for the next start.
-            await self._writer.submit(Released(row.id))
+            await self._outcomes.submit(Released(row.id))
             raise
         except Exception:
             log.exception("sending message %s failed unexpectedly", row.id)
             with contextlib.suppress(Exception):
-                await self._writer.submit(Released(row.id))
+                await self._outcomes.submit(Released(row.id))
         finally:
             self._waiting.discard(row.recipient)
             self._in_flight.pop(row.recipient, None)

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.storage import sqlite_driver
+from leadline.storage.sqlite_driver import urgent_writes as urgent_writes
 
+BUSY_TIMEOUT_SECONDS = 10.0
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=10000",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000:.0f}",
     "PRAGMA foreign_keys=ON",
     "PRAGMA synchronous=NORMAL",
 )
+# A SQLite engine's writers take turns here (see sqlite_driver.WriterLane).
+_LANES: weakref.WeakKeyDictionary[sa.Engine, sqlite_driver.WriterLane] = weakref.WeakKeyDictionary()
 
 
 class DatabaseUrlError(ValueError):
@@ -31,19 +44,30 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         raise DatabaseUrlError("LEADLINE_DATABASE_URL must be sqlite+aiosqlite or postgresql")
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, echo=echo)
-        sa.event.listen(engine.sync_engine, "do_connect", _sqlite_open)
+        lane = _LANES[engine.sync_engine] = sqlite_driver.WriterLane(BUSY_TIMEOUT_SECONDS)
+        sa.event.listen(engine.sync_engine, "do_connect", functools.partial(_sqlite_open, lane))
         sa.event.listen(engine.sync_engine, "connect", _sqlite_connect)
         sa.event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(parsed, echo=echo, pool_pre_ping=True)
 
 
+def writer_lane(engine: AsyncEngine) -> sqlite_driver.WriterLane | None:
+    """Where a SQLite engine's writers wait their turn; None on PostgreSQL."""
+    return _LANES.get(engine.sync_engine)
+
+
 def _sqlite_open(
-    dialect: sa.Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+    lane: sqlite_driver.WriterLane,
+    dialect: sa.Dialect,
+    _record: Any,
+    cargs: list[Any],
+    cparams: dict[str, Any],
 ) -> Any:
     # SQLAlchemy's aiosqlite adapter around our one-trip aiosqlite connection
     # (sqlite_driver), opened with the arguments SQLAlchemy derived from the URL.
-    return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=sqlite_driver.connect, **cparams)
+    connect = functools.partial(sqlite_driver.connect, lane=lane)
+    return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=connect, **cparams)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -91,3 +115,40 @@ def url_secrets(url: sa.URL) -> list[str]:
 
 def _password_keys(url: sa.URL) -> list[str]:
     return [key for key in url.query if "password" in key.lower()]
+
+
+class ReservedSessions:
+    """Sessions on one connection kept out of the pool, for a writer that must not wait
+    behind the others for a connection: under load every pooled connection may be held
+    by a request waiting its turn to write, and a writer first in the `WriterLane` would
+    still queue for the pool behind them. Until `open` (and after `close`), sessions of
+    the pool. A connection that failed (invalidated) is replaced at the next session."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._connection: AsyncConnection | None = None
+        self._open = False
+
+    def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        if not self._open:
+            async with self._sessions() as session:
+                yield session
+            return
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            if connection is not None:
+                await connection.close()
+            connection = self._connection = await self._engine.connect()
+        async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+            yield session
