@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     plugins_dir: Path | None = None
     # Largest request body a webhook may send.
     max_body_bytes: int = 1024 * 1024
+    # How long a request body may take to arrive once asked for: a slower (or stalled)
+    # one is answered 408 and its connection closed, so it cannot hold a handler.
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Delivery: how long a sender holds a row it took (longer than any provider
     # call may last); how often and how long a failing send is retried.
     send_lease_seconds: float = Field(default=90.0, ge=1.0)

@@ -20,6 +20,12 @@ from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
 from leadline.runtime.api import openapi
 from leadline.runtime.api import routes as api
+from leadline.runtime.bodies import (
+    ClientErrorsQuiet,
+    close_after_unfinished_body,
+    fail_bodies_on_broken_framing,
+    read_body,
+)
 from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import PipelineStopped
@@ -46,11 +52,13 @@ def build_app(
 ) -> web.Application:
     """The application; `clock` is the service's time (tests move it)."""
     # Bodies are taken as sent: signatures cover the bytes on the wire, and a body that
-    # fails to decompress would otherwise break the connection inside aiohttp.
+    # fails to decompress would otherwise break the connection inside aiohttp. Every
+    # body is read with `read_body` (bounded in time; broken framing fails it at once).
+    fail_bodies_on_broken_framing()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_headers],
-        handler_args={"auto_decompress": False},
+        middlewares=[_headers, close_after_unfinished_body],
+        handler_args={"auto_decompress": False, "logger": ClientErrorsQuiet()},
     )
 
     async def service_context(app: web.Application) -> AsyncIterator[None]:
@@ -142,10 +150,8 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
         return error(404, f"provider {channel.provider!r} does not take webhooks")
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         return error(415, "compressed request bodies are not accepted")
-    try:
-        body = await request.read()  # client_max_size answers 413 past the limit
-    except web.RequestPayloadError:
-        return error(400, "request body could not be read (bad chunking)")
+    # 413 past client_max_size, 408 past the body timeout, 400 on broken framing.
+    body = await read_body(request, request.app[SERVICE].settings.body_timeout_seconds)
     try:
         adapter.verify(request.headers, body)
     except RequestRejected as rejected:

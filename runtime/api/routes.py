@@ -35,6 +35,7 @@ from leadline.runtime.api.models import (
     SendIn,
     Text,
 )
+from leadline.runtime.bodies import read_body
 from leadline.runtime.sending import CannotQueue, Outgoing, queue_message
 from leadline.runtime.service import SERVICE, Service
 from leadline.storage import crm
@@ -139,8 +140,9 @@ def _query(request: web.Request, model: type[M]) -> M:
 
 
 async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await read_body(request, request.app[SERVICE].settings.body_timeout_seconds)
     try:
-        data = json.loads(await request.read())
+        data = json.loads(raw)
     except (ValueError, RecursionError):
         raise Unprocessable([("body", "is not a JSON document")]) from None
     return _validated(model, data)
