@@ -199,9 +199,15 @@ class OutboundMessage:
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
+    """What a send gave. A message that went as several provider calls (a long text cut
+    in parts, media after the text) names every part's id in `parts`, in the order they
+    went, the last being `channel_message_id`: an echo or a status report of any part
+    then finds the message, and no echo of ours is stored as someone else's."""
+
     channel_message_id: str
     status: MessageStatus = MessageStatus.SENT
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    parts: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from leadline.adapters.base import PermanentSendError, RetryableSendError, SendError
+from leadline.adapters.base import PermanentSendError, RetryableSendError, SendError, SendResult
 
 Part = TypeVar("Part")
 
@@ -58,3 +58,14 @@ class PartSender:
         self._sent[key] = sent
         while len(self._sent) > self._capacity:
             self._sent.popitem(last=False)
+
+
+def sent_in_parts(sent: Sequence[str], metadata: Mapping[str, Any] | None = None) -> SendResult:
+    """The result of a message that went as these calls (their ids, in order): the last
+    id is the message's, and every id is named when there were several, so echoes and
+    status reports of any part find the message."""
+    if len(sent) == 1:
+        return SendResult(sent[0], metadata=dict(metadata or {}))
+    return SendResult(
+        sent[-1], metadata={**(metadata or {}), "parts": list(sent)}, parts=tuple(sent)
+    )

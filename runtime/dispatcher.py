@@ -302,7 +302,8 @@ class Dispatcher:
             return await self._retry(row, RetryableSendError(_error_text(exc, None)))
         metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
         echoed_on = channel.key if adapter.capabilities.echoes else None
-        return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on)
+        parts = tuple(result.parts)
+        return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on, parts)
 
     async def _over_quota(self, adapter: Adapter, row: OutboxRow) -> str | None:
         """Why the provider would refuse one more message to this user now, if it would."""

@@ -189,7 +189,8 @@ async def recent_replies(
     """Outbound rows to these leads since `since`, and their pending open replies.
 
     A human's answer is an outbound message no rule wrote: sent through the API or
-    from the provider's own inbox (an echo). A failed one answered no one.
+    from the provider's own inbox (an echo). A failed one answered no one. An echo
+    that may be a part of a message of ours still being sent is not one (yet).
     """
     found: dict[int, LeadReplies] = {lead_id: LeadReplies() for lead_id in lead_ids}
     if not lead_ids:
@@ -201,14 +202,17 @@ async def recent_replies(
         _TABLE.c.status,
         _TABLE.c.provider_metadata,
         _TABLE.c.ai_response_used,
+        _TABLE.c.provider,
+        _TABLE.c.channel_user_id,
+        _TABLE.c.attempts,
     ).where(
         _TABLE.c.lead_id.in_(list(lead_ids)),
         _TABLE.c.direction == Direction.OUT,
         sa.or_(_TABLE.c.created_at >= since, _TABLE.c.status == MessageStatus.PENDING),
     )
-    for lead_id, created, send_after, status, metadata, ai in await (
-        await session.connection()
-    ).execute(query):
+    rows = list(await (await session.connection()).execute(query))
+    sending = _being_sent(rows)
+    for lead_id, created, send_after, status, metadata, ai, provider, user, _ in rows:
         rule = (metadata or {}).get("rule")
         replies = found[lead_id]
         if rule == "open_reply" and status == MessageStatus.PENDING and send_after:
@@ -218,8 +222,26 @@ async def recent_replies(
         if rule == "closed_reply":
             replies.closed_replies.append(created)
         elif rule is None and not ai and status != MessageStatus.FAILED:
-            replies.human_answers.append(created)
+            queued = sending.get((lead_id, provider, user))
+            if not (metadata or {}).get("echo") or queued is None or created < queued:
+                replies.human_answers.append(created)
     return found
+
+
+def _being_sent(rows: Collection[Any]) -> dict[tuple[int, str, str], datetime]:
+    """When the earliest message of ours still being sent to each chat was queued.
+
+    A message that goes as several sends is recorded only once every part went (or
+    between its tries, not at all): an echo of a part that arrived meanwhile is kept
+    as sent from elsewhere until the record drops it. Echoes to that chat since the
+    message was queued are therefore not counted as a human's answer yet.
+    """
+    sending: dict[tuple[int, str, str], datetime] = {}
+    for lead_id, created, _, status, _, _, provider, user, attempts in rows:
+        if status == MessageStatus.PENDING and attempts > 0:
+            key = (lead_id, provider, user)
+            sending[key] = min(created, sending.get(key, created))
+    return sending
 
 
 async def answered_by_human(session: AsyncSession, lead_id: int, since: datetime) -> bool:

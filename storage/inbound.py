@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus
 from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.leads import ChannelIdentity, identity_of, resolve_leads
-from leadline.storage.models import ChatMessage
+from leadline.storage.models import ChatMessage, ChatMessagePart
 from leadline.storage.types import utcnow
 
 IDEMPOTENCY_KEY = ["broker_id", "provider", "direction", "channel_message_id"]
@@ -41,8 +42,9 @@ async def insert_messages(
     """Insert inbound messages idempotently; returns the new rows' ids by key.
 
     A message stored before (a redelivery, or a second copy in `rows`) stores
-    nothing and is absent from the result.
+    nothing and is absent from the result; so does an echo of a part of our own send.
     """
+    rows = await _not_our_parts(session, rows)
     if not rows:
         return {}
     leads = await resolve_leads(session, [row.identity for row in rows])
@@ -53,6 +55,30 @@ async def insert_messages(
     conn = await session.connection()
     result = await conn.execute(_insert_statement(session), values)
     return {(b, p, m): message_id for message_id, b, p, m in result}
+
+
+async def _not_our_parts(session: AsyncSession, rows: Sequence[IncomingRow]) -> list[IncomingRow]:
+    """The rows, less echoes of the parts of our own sends (known by the parts' ids):
+    the message they belong to is stored already."""
+    echoes = {
+        (row.identity.broker_id, row.identity.provider, row.channel_message_id)
+        for row in rows
+        if row.direction == Direction.OUT
+    }
+    if not echoes:
+        return list(rows)
+    part = ChatMessagePart.__table__  # type: ignore[attr-defined]
+    keys = sa.tuple_(part.c.broker_id, part.c.provider, part.c.channel_message_id)
+    query = sa.select(part.c.broker_id, part.c.provider, part.c.channel_message_id).where(
+        keys.in_(list(echoes))
+    )
+    ours = {tuple(found) for found in await (await session.connection()).execute(query)}
+    return [
+        row
+        for row in rows
+        if row.direction != Direction.OUT
+        or (row.identity.broker_id, row.identity.provider, row.channel_message_id) not in ours
+    ]
 
 
 def _values(row: IncomingRow, lead_id: int, now: datetime) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from leadline.config.vocabulary import Direction, MessageStatus, status_advances
 from leadline.storage.inbound import IncomingRow, insert_messages
 from leadline.storage.leads import ChannelIdentity
-from leadline.storage.models import ChatMessage, EarlyStatus
+from leadline.storage.models import ChatMessage, ChatMessagePart, EarlyStatus
 from leadline.storage.types import utcnow
 
 
@@ -155,15 +155,8 @@ async def apply_status(
         if changed is not None:
             changed.extend(moved)
         return StatusOutcome.APPLIED
-    known = await session.exec(
-        select(ChatMessage.id).where(
-            col(ChatMessage.broker_id) == change.broker_id,
-            col(ChatMessage.provider) == change.provider,
-            col(ChatMessage.direction) == Direction.OUT,
-            col(ChatMessage.channel_message_id) == change.channel_message_id,
-        )
-    )
-    if known.first() is not None:
+    named = _outbound_named(change.broker_id, change.provider, change.channel_message_id)
+    if (await session.exec(named.limit(1))).first() is not None:
         return StatusOutcome.STALE
     session.add(
         EarlyStatus(
@@ -185,16 +178,34 @@ async def _advance(session: AsyncSession, change: StatusChange) -> list[int]:
     result = await session.exec(
         sa.update(ChatMessage)
         .where(
-            col(ChatMessage.broker_id) == change.broker_id,
-            col(ChatMessage.provider) == change.provider,
-            col(ChatMessage.direction) == Direction.OUT,
-            col(ChatMessage.channel_message_id) == change.channel_message_id,
+            col(ChatMessage.id).in_(
+                _outbound_named(change.broker_id, change.provider, change.channel_message_id)
+            ),
             col(ChatMessage.status).in_(statuses_before(change.status)),
         )
         .values(**values)
         .returning(ChatMessage.id)
     )
     return [row[0] for row in result.all()]
+
+
+def _outbound_named(broker_id: str, provider: str, channel_message_id: str) -> Any:
+    """The outbound message a provider id names: by its own id, or by the id of one of
+    its parts when it went as several sends. A report on any part moves the whole
+    message: the parts go in order, so one delivered or read means the message is
+    arriving, and one failed means it did not arrive whole."""
+    by_row = select(ChatMessage.id).where(
+        col(ChatMessage.broker_id) == broker_id,
+        col(ChatMessage.provider) == provider,
+        col(ChatMessage.direction) == Direction.OUT,
+        col(ChatMessage.channel_message_id) == channel_message_id,
+    )
+    by_part = select(ChatMessagePart.message_id).where(
+        col(ChatMessagePart.broker_id) == broker_id,
+        col(ChatMessagePart.provider) == provider,
+        col(ChatMessagePart.channel_message_id) == channel_message_id,
+    )
+    return sa.union_all(by_row, by_part)
 
 
 async def apply_early_statuses(
@@ -219,21 +230,29 @@ async def apply_early_statuses(
 async def apply_known_early_statuses(session: AsyncSession, *where: sa.ColumnElement[bool]) -> int:
     """Apply every kept report whose outbound message is known (among rows matching
     `where`); returns how many messages it concerned."""
-    matched = await session.exec(
-        select(EarlyStatus.broker_id, EarlyStatus.provider, EarlyStatus.channel_message_id)
-        .join(
-            ChatMessage,
+    reports = select(EarlyStatus.broker_id, EarlyStatus.provider, EarlyStatus.channel_message_id)
+    by_row = reports.join(
+        ChatMessage,
+        sa.and_(
+            col(ChatMessage.broker_id) == col(EarlyStatus.broker_id),
+            col(ChatMessage.provider) == col(EarlyStatus.provider),
+            col(ChatMessage.channel_message_id) == col(EarlyStatus.channel_message_id),
+            col(ChatMessage.direction) == Direction.OUT,
+        ),
+    ).where(*where)
+    by_part = (
+        reports.join(
+            ChatMessagePart,
             sa.and_(
-                col(ChatMessage.broker_id) == col(EarlyStatus.broker_id),
-                col(ChatMessage.provider) == col(EarlyStatus.provider),
-                col(ChatMessage.channel_message_id) == col(EarlyStatus.channel_message_id),
-                col(ChatMessage.direction) == Direction.OUT,
+                col(ChatMessagePart.broker_id) == col(EarlyStatus.broker_id),
+                col(ChatMessagePart.provider) == col(EarlyStatus.provider),
+                col(ChatMessagePart.channel_message_id) == col(EarlyStatus.channel_message_id),
             ),
         )
+        .join(ChatMessage, col(ChatMessage.id) == col(ChatMessagePart.message_id))
         .where(*where)
-        .distinct()
     )
-    found = matched.all()
+    found = (await session.exec(sa.union(by_row, by_part))).all()
     for broker_id, provider, channel_message_id in found:
         await apply_early_statuses(session, broker_id, provider, channel_message_id)
     return len(found)
@@ -243,8 +262,43 @@ async def settle_early_statuses(session: AsyncSession, forget_before: datetime) 
     """Apply kept reports whose message is known by now, and forget those too old to match.
 
     On PostgreSQL a report can be kept while the send that records its id commits
-    at the same moment; neither transaction sees the other. This catches it up.
+    at the same moment; neither transaction sees the other. This catches it up, and
+    drops the echoes of a send's parts stored the same way (`drop_echoes_of_parts`).
     """
     settled = await apply_known_early_statuses(session)
+    await drop_echoes_of_parts(session, utcnow() - ECHO_RACE)
     await session.exec(sa.delete(EarlyStatus).where(col(EarlyStatus.created_at) < forget_before))
     return settled
+
+
+# An echo that crossed its send's record is dropped by the next sweep; older ones are not
+# looked at again (the index of recent rows keeps the sweep to the last stretch).
+ECHO_RACE = timedelta(hours=1)
+
+
+async def drop_echoes_of_parts(session: AsyncSession, since: datetime) -> None:
+    """Drop echoes stored since then of the parts of our own sends.
+
+    An echo is stored as a message sent from elsewhere (never tried by us: no attempts)
+    when no send of ours is known by its id; the send's own record drops such echoes
+    and later ones are not stored. On PostgreSQL an echo stored while the send's
+    record commits sees nothing and is not seen: it is dropped here.
+    """
+    ours = (
+        select(ChatMessagePart.message_id)
+        .where(
+            col(ChatMessagePart.broker_id) == col(ChatMessage.broker_id),
+            col(ChatMessagePart.provider) == col(ChatMessage.provider),
+            col(ChatMessagePart.channel_message_id) == col(ChatMessage.channel_message_id),
+            col(ChatMessagePart.message_id) != col(ChatMessage.id),
+        )
+        .exists()
+    )
+    await session.exec(
+        sa.delete(ChatMessage).where(
+            col(ChatMessage.direction) == Direction.OUT,
+            col(ChatMessage.updated_at) >= since,
+            col(ChatMessage.attempts) == 0,
+            ours,
+        )
+    )

@@ -154,6 +154,27 @@ class ChatMessage(SQLModel, table=True):
     updated_at: datetime = _created()
 
 
+class ChatMessagePart(SQLModel, table=True):
+    """One provider id of an outbound message that went as several sends (a long text
+    cut in parts, media after the text). The message's own `channel_message_id` is its
+    last part's; echoes and status reports of any part find the message through here."""
+
+    __tablename__ = "chat_message_parts"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "broker_id", "provider", "channel_message_id", name="uq_chat_message_parts_id"
+        ),
+    )
+
+    message_id: int = Field(
+        primary_key=True, foreign_key="chat_messages.id", ondelete="CASCADE", sa_type=BigId
+    )
+    part: int = Field(primary_key=True)  # 0 for the first that went
+    broker_id: str = Field(max_length=64)
+    provider: str = Field(max_length=32)
+    channel_message_id: str = Field(max_length=255)
+
+
 class EarlyStatus(SQLModel, table=True):
     """A status report for a message not (yet) known by its provider id.
 

@@ -21,8 +21,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from leadline.config.vocabulary import Direction, MessageStatus
+from leadline.storage.dialect import insert_ignoring_conflicts
 from leadline.storage.messages import apply_known_early_statuses
-from leadline.storage.models import ChatMessage, DeliveryPause, EarlyStatus
+from leadline.storage.models import ChatMessage, ChatMessagePart, DeliveryPause, EarlyStatus
 from leadline.storage.types import utcnow
 
 ChannelKey = tuple[str, str]  # broker, provider
@@ -77,6 +78,14 @@ class Sent:
     # Where the provider echoes sends back (broker, provider): an echo of this send
     # stored before this outcome gives way to it.
     echoed_on: ChannelKey | None = None
+    # Every part's provider id, in order, when the message went as several sends (the
+    # last is `channel_message_id`): kept in chat_message_parts, where echoes and
+    # status reports of any part find the message.
+    parts: Sequence[str] = ()
+
+    @property
+    def provider_ids(self) -> Sequence[str]:
+        return self.parts or (self.channel_message_id,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,16 +440,43 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
             )
             await (await session.connection()).execute(statement, params)
     if sent:
+        await _keep_parts(session, sent)
         await _apply_early(session, sent)
+
+
+async def _keep_parts(session: AsyncSession, sent: Sequence[Sent]) -> None:
+    """Every part's id of the messages sent in parts, named by the row's channel."""
+    params = [
+        {"row_id": o.id, "part": index, "cmid": cmid}
+        for o in sent
+        if len(o.parts) > 1
+        for index, cmid in enumerate(o.parts)
+    ]
+    if not params:
+        return
+    row = sa.select(
+        ChatMessage.id,
+        sa.bindparam("part", type_=sa.Integer()),
+        ChatMessage.broker_id,
+        ChatMessage.provider,
+        sa.bindparam("cmid", type_=sa.String()),
+    ).where(col(ChatMessage.id) == sa.bindparam("row_id"))
+    table = ChatMessagePart.__table__  # type: ignore[attr-defined]
+    columns = ["message_id", "part", "broker_id", "provider", "channel_message_id"]
+    # A part already kept (the same send recorded twice) stays as it is.
+    keep = insert_ignoring_conflicts(session, table, ["message_id", "part"])
+    statement = keep.from_select(columns, row)
+    await (await session.connection()).execute(statement, params)
 
 
 async def _drop_echoes_of(session: AsyncSession, sent: Sequence[Sent]) -> None:
     """An echo of our own send that beat the send's answer was stored as a message sent
     from elsewhere (never tried by us: no attempts). Our row is the message: drop it."""
     params = [
-        {"b": o.echoed_on[0], "p": o.echoed_on[1], "cmid": o.channel_message_id}
+        {"b": o.echoed_on[0], "p": o.echoed_on[1], "cmid": cmid}
         for o in sent
         if o.echoed_on is not None
+        for cmid in o.provider_ids
     ]
     if not params:
         return
@@ -459,7 +495,7 @@ async def _apply_early(session: AsyncSession, sent: Sequence[Sent]) -> None:
     await apply_known_early_statuses(
         session,
         col(ChatMessage.id).in_([o.id for o in sent]),
-        col(EarlyStatus.channel_message_id).in_([o.channel_message_id for o in sent]),
+        col(EarlyStatus.channel_message_id).in_([i for o in sent for i in o.provider_ids]),
     )
 
 

@@ -129,6 +129,7 @@ async def test_a_long_text_is_cut_into_parts_of_2000_characters(
     assert len(page.sent) == 4 and all(len(m.text or "") <= 2000 for m in page.sent)
     assert " ".join(m.text or "" for m in page.sent).split() == text.split()
     assert result.metadata["parts"] == [m.mid for m in page.sent]
+    assert list(result.parts) == [m.mid for m in page.sent]  # kept in chat_message_parts
 
 
 async def test_outside_24_hours_only_a_human_agents_reply_goes_tagged_within_7_days(

@@ -92,7 +92,7 @@ async def test_design_indexes_exist(engine: AsyncEngine):
 async def test_upgrade_twice_is_a_no_op_at_head(engine: AsyncEngine):
     await upgrade(engine)
     await upgrade(engine)
-    assert await current_revision(engine) == head_revision() == "0004"
+    assert await current_revision(engine) == head_revision() == "0006"
 
 
 async def test_same_inbound_message_twice_is_stored_once(

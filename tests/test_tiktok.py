@@ -215,6 +215,7 @@ async def test_images_go_by_media_id_and_a_reply_names_its_message(
         image.body["image"] == {"media_id": "v0m1"} and "referenced_message_info" not in image.body
     )
     assert result.metadata["parts"] == [text.message_id, image.message_id]
+    assert list(result.parts) == [text.message_id, image.message_id]
     with pytest.raises(PermanentSendError, match="media id"):
         await sender.send(outgoing(attachments=[Attachment(kind="image", url="https://x/y.png")]))
 

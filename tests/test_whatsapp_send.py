@@ -148,6 +148,7 @@ async def test_a_long_text_goes_as_parts_cut_on_word_boundaries(
     assert " ".join(b or "" for b in bodies).split() == words  # no word cut or lost
     assert result.channel_message_id == number.sent[-1].wamid
     assert result.metadata["parts"] == [m.wamid for m in number.sent]
+    assert list(result.parts) == [m.wamid for m in number.sent]
 
 
 async def test_a_retry_after_a_failed_part_sends_only_the_rest(
@@ -168,6 +169,7 @@ async def test_a_retry_after_a_failed_part_sends_only_the_rest(
     parts = split_text(text, 4096)
     assert [m.text for m in number.sent] == parts  # each part exactly once
     assert result.metadata["parts"] == [m.wamid for m in number.sent]
+    assert list(result.parts) == [m.wamid for m in number.sent]
 
 
 async def test_a_reply_quotes_the_lead_message_as_in_the_fixture(

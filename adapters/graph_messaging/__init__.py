@@ -49,7 +49,7 @@ from leadline.adapters.graph_messaging.outbound import (
 )
 from leadline.adapters.graph_messaging.parse import parse_body
 from leadline.adapters.pacing import Pacer
-from leadline.adapters.parts import PartSender
+from leadline.adapters.parts import PartSender, sent_in_parts
 from leadline.config.providers import ProviderConfig
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ class GraphMessagingAdapter(meta.MetaWebhooks, Adapter):
         bodies = plan(message, datetime.now(UTC), self.rules)
         key = f"{message.ref}:{len(bodies)}"
         sent = await self._parts.send(key, bodies, self._send_one)
-        metadata = {"parts": sent} if len(sent) > 1 else {}
-        return SendResult(sent[-1], metadata=metadata)
+        return sent_in_parts(sent)
 
     async def _send_one(self, body: Mapping[str, Any]) -> str:
         if media_type(body) in PACED:

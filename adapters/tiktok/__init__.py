@@ -39,7 +39,7 @@ from leadline.adapters.base import (
     SignatureInvalid,
     SignatureMissing,
 )
-from leadline.adapters.parts import PartSender
+from leadline.adapters.parts import PartSender, sent_in_parts
 from leadline.adapters.tiktok import wire
 from leadline.config.providers import ProviderConfig, not_empty
 
@@ -142,7 +142,7 @@ class TikTokAdapter(Adapter):
             )
         bodies = wire.send_bodies(message, self.settings.business_id)
         sent = await self._parts.send(f"{message.ref}:{len(bodies)}", bodies, self._post)
-        return SendResult(sent[-1], metadata={"parts": sent} if len(sent) > 1 else {})
+        return sent_in_parts(sent)
 
     async def _post(self, body: Mapping[str, object]) -> str:
         if self._session is None:

@@ -33,7 +33,7 @@ from leadline.adapters.base import (
     RateLimit,
     SendResult,
 )
-from leadline.adapters.parts import PartSender
+from leadline.adapters.parts import PartSender, sent_in_parts
 from leadline.adapters.whatsapp.config import WhatsAppConfig
 from leadline.adapters.whatsapp.errors import describe, network_error, send_error
 from leadline.adapters.whatsapp.outbound import (
@@ -153,7 +153,7 @@ class WhatsAppAdapter(meta.MetaWebhooks, Adapter):
         sent = await self._parts.send(
             progress_key(message, steps), steps, lambda step: self._call(user, step)
         )
-        return SendResult(sent[-1], metadata=_sent_metadata(steps, sent))
+        return sent_in_parts(sent, _sent_metadata(steps))
 
     async def _call(self, user: str, step: Step) -> str:
         """One Cloud API call; returns the message id WhatsApp gave."""
@@ -245,12 +245,10 @@ def _recipient(channel_user_id: str) -> str:
     return f"+{channel_user_id}" if channel_user_id.isdigit() else channel_user_id
 
 
-def _sent_metadata(steps: Sequence[Step], sent: Sequence[str]) -> dict[str, object]:
-    """What the stored row should remember: the parts' ids, the template a closed window
-    turned it into."""
+def _sent_metadata(steps: Sequence[Step]) -> dict[str, object]:
+    """What the stored row should remember besides the parts' ids: the template a closed
+    window turned it into."""
     metadata: dict[str, object] = {}
-    if len(sent) > 1:
-        metadata["parts"] = list(sent)
     first = steps[0]
     if isinstance(first, TemplateStep) and first.fallback:
         metadata["sent_as_template"] = first.template.name
