@@ -31,7 +31,7 @@ async def read_body(request: web.Request, seconds: float) -> bytes:
         raise web.HTTPRequestTimeout(
             text=f"the request body did not arrive within {seconds:g} s"
         ) from None
-    except web.RequestPayloadError:
+    except (web.RequestPayloadError, HttpProcessingError):  # the latter: pure-Python parser
         raise web.HTTPBadRequest(text="the request body could not be read (bad framing)") from None
     except ConnectionError:
         # The client hung up mid-body: no one reads the answer, but it must not be a 500.
@@ -105,9 +105,10 @@ def _fail_current_body(protocol: web_protocol.RequestHandler, error: BaseExcepti
     if request is None:
         return  # between requests (lingering after an answer): the connection just ends
     body = request.content
-    if body.is_eof() or body.exception() is not None:
+    if body.is_eof():
         return  # the error is in a later pipelined request: aiohttp answers it itself
-    body.set_exception(web.RequestPayloadError(f"bad framing: {error}"))
+    if body.exception() is None:  # aiohttp's pure-Python parser sets one itself
+        body.set_exception(web.RequestPayloadError(f"bad framing: {error}"))
     # At "end" so aiohttp does not linger reading a body that can no longer be parsed.
     body.feed_eof()
     protocol.close()

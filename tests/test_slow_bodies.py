@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from pydantic import ValidationError
 
+from leadline.config.settings import Settings
 from tests.conftest import DEMO_TOML, TEST_ENV, AppFactory, AppHarness, wait_for
 from tests.helpers import rows, signed_delivery
 
@@ -325,3 +327,18 @@ async def test_hundreds_of_slow_and_broken_bodies_neither_block_nor_exhaust_the_
     assert response.status == 200
     assert await inbound(app) == 2
     assert errors_logged(caplog) == []
+
+
+# --- the setting ------------------------------------------------------------------
+
+
+def test_body_timeout_is_10_s_by_default_and_set_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv("LEADLINE_BODY_TIMEOUT_SECONDS", raising=False)
+    assert Settings(_env_file=None).body_timeout_seconds == 10.0  # type: ignore[call-arg]
+    monkeypatch.setenv("LEADLINE_BODY_TIMEOUT_SECONDS", "2.5")
+    assert Settings(_env_file=None).body_timeout_seconds == 2.5  # type: ignore[call-arg]
+    monkeypatch.setenv("LEADLINE_BODY_TIMEOUT_SECONDS", "0")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
