@@ -161,6 +161,15 @@ def matching(dialect: str, query: str) -> sa.ColumnElement[bool] | None:
     return _LEADS.c.search_text.like(_like(wanted))
 
 
+async def plan_for_the_pattern(session: AsyncSession, query: str) -> None:
+    """On PostgreSQL, plan this transaction's statements for their values: a prepared
+    statement's generic plan, blind to the pattern, the cursor and the limit, reads the
+    leads in id order (29 ms among 50,000 for a pattern found nowhere) rather than ask
+    the trigram index (under 1 ms)."""
+    if session.get_bind().dialect.name == "postgresql" and needle(query):
+        await session.exec(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 def _glob(text: str) -> str:
     # GLOB, not LIKE: the trigram index serves GLOB when case-sensitive (the text is
     # folded already) and a LIKE with an ESCAPE clause not at all. `[x]` quotes x.

@@ -261,10 +261,17 @@ async def test_the_search_is_served_by_an_index(engine: AsyncEngine, brokers: Se
         )
     await new_lead(brokers, "1", "Ángela Núñez")
     plan = await _plan(engine, brokers, "ángela")
-    if engine.dialect.name == "sqlite":  # the GLOB handed to the FTS5 trigram index
+    if engine.dialect.name == "sqlite":  # the GLOB handed to the FTS5 trigram index,
         assert "SCAN leads_search VIRTUAL TABLE INDEX 0:G" in plan, plan
+        # and its hits looked up by id rather than every lead of the broker checked
+        assert "SEARCH leads USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
     else:
         assert f"Bitmap Index Scan on {search.POSTGRES_INDEX}" in plan, plan
+        # bound values planned as such: a generic plan would read the leads in id order
+        async with brokers() as session:
+            await search.plan_for_the_pattern(session, "ángela")
+            mode = await session.exec(sa.text("SHOW plan_cache_mode"))
+            assert mode.scalar_one() == "force_custom_plan"
     assert await find(brokers, "ángela") == ["Ángela Núñez"]
 
 
