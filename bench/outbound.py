@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import html
 import logging
 import math
 import os
+import sqlite3
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter
@@ -85,8 +88,15 @@ BOTS = {
     "naive": "525252:BENCHtoken_outbound-naive-0123",
     "kept": "545454:BENCHtoken_outbound-kept-01234",
     "rate": "535353:BENCHtoken_outbound-rate-01234",
+    "lag": "555555:BENCHtoken_outbound-lag-012345",
 }
-FIRST_CHAT = {"engine": 800_000_000, "naive": 810_000_000, "kept": 830_000_000, "rate": 820_000_000}
+FIRST_CHAT = {
+    "engine": 800_000_000,
+    "naive": 810_000_000,
+    "kept": 830_000_000,
+    "rate": 820_000_000,
+    "lag": 840_000_000,
+}
 LIFTED = 1_000_000  # messages/s: no limit in practice
 RATE = 30.0  # messages/s configured for phase 3
 RATE_EXTRA = 50  # rows queued beyond RATE x --rate-seconds, so sending outlasts the window
@@ -140,6 +150,7 @@ def serve_fake(port: int) -> None:
             {
                 "at": [c.at for c in calls],
                 "chat_ids": [c.params.get("chat_id") for c in calls],
+                "texts": [c.params.get("text") for c in calls],
                 "requests": sum(1 for r in fake.requests if r.bot == bot.username),
             }
         )
@@ -444,6 +455,255 @@ async def send_naively(stack: Stack, api_base: str, fake_pid: int, keep_client: 
     return Naive(sent, wall, cpu)
 
 
+# --- 4. lag: from the provider's answer to the outcome's commit, beside API load ---------
+
+LAG_API_KEY = "bench-outbound-lag-api-key-01234567"  # a loopback benchmark's key
+LAG_TOML = """\
+[brokers.{broker}]
+name = "Bench lag"
+timezone = "UTC"
+default_provider = "telegram"
+api_keys = ["${{BENCH_API_KEY}}"]
+
+[brokers.{broker}.providers.telegram]
+bot_token = "${{BENCH_TOKEN}}"
+mode = "polling"
+api_base = "{api_base}"
+
+[brokers.{broker}.rate_limits]
+telegram = {{ messages_per_second = {per_second} }}
+
+[brokers.{broker}.features]
+auto_reply = false
+typing_indicator = false
+"""
+LAG_SLOW = 0.1  # seconds: lags above this are counted apart
+
+
+class CommitWatch:
+    """Watches the outbound rows from a connection of its own (a thread, plain sqlite3):
+    every `interval`, the rows from the oldest one still pending on. A row first seen no
+    longer pending by a poll that began at t was committed before t and after the
+    previous poll began: its commit time is t, late by at most one interval (plus the
+    poll's own time) — never early."""
+
+    def __init__(self, database: Path, interval: float) -> None:
+        self._database = database
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="commit-watch", daemon=True)
+        self.seen: dict[tuple[str, str], float] = {}  # (chat, text) -> first poll that saw it
+        self.polls = 0
+        self.poll_seconds = 0.0
+
+    def __enter__(self) -> CommitWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean_poll(self) -> float:
+        return self.poll_seconds / self.polls if self.polls else float("nan")
+
+    def _watch(self) -> None:
+        query = (
+            "SELECT id, status, channel_user_id, message_text FROM chat_messages "
+            "WHERE id >= ? AND direction = 'out' ORDER BY id"
+        )
+        low = 0
+        with contextlib.closing(sqlite3.connect(self._database, isolation_level=None)) as db:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                found = db.execute(query, (low,)).fetchall()
+                oldest_pending = None
+                for row_id, status, chat, text in found:
+                    if status == MessageStatus.PENDING.value:
+                        oldest_pending = oldest_pending or row_id
+                    else:
+                        self.seen.setdefault((chat, text), began)
+                if oldest_pending is not None:
+                    low = oldest_pending
+                elif found:
+                    low = found[-1][0] + 1
+                took = time.monotonic() - began
+                self.polls += 1
+                self.poll_seconds += took
+                self._stop.wait(max(0.0, self._interval - took))
+
+
+@dataclass
+class ApiLoad:
+    acked: list[tuple[str, str]] = field(default_factory=list)  # (chat, text) answered 202
+    latencies: list[float] = field(default_factory=list)  # from the scheduled time
+    failures: Counter[str] = field(default_factory=Counter)
+    wall: float = 0.0
+
+
+async def api_load(
+    http: aiohttp.ClientSession,
+    base: str,
+    leads: Sequence[tuple[int, str]],
+    args: argparse.Namespace,
+) -> ApiLoad:
+    """POST /api/v1/leads/{id}/messages, request n at start + n / rate whatever became of the
+    earlier ones (at most --lag-concurrency under way), each lead in turn."""
+    load = ApiLoad()
+    loop = asyncio.get_running_loop()
+    headers = {"Authorization": f"Bearer {LAG_API_KEY}"}
+    slots = asyncio.Semaphore(args.lag_concurrency)
+    count = max(1, round(args.lag_rate * args.lag_seconds))
+
+    async def one(index: int, scheduled: float) -> None:
+        lead_id, chat = leads[index % len(leads)]
+        text = f"lag {index}"
+        url = f"{base}/api/v1/leads/{lead_id}/messages"
+        async with slots:
+            try:
+                async with http.post(url, json={"text": text}, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                load.failures[exc.__class__.__name__] += 1
+                return
+        if status == 202:
+            load.acked.append((chat, text))
+            load.latencies.append(loop.time() - scheduled)
+        else:
+            load.failures[f"HTTP {status}"] += 1
+
+    started = time.perf_counter()
+    start = loop.time() + 0.01
+    tasks = []
+    for index in range(count):
+        scheduled = start + index / args.lag_rate
+        if (delay := scheduled - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, scheduled)))
+    await asyncio.gather(*tasks)
+    load.wall = time.perf_counter() - started
+    return load
+
+
+@dataclass
+class Lag:
+    load: ApiLoad
+    lags: list[float]  # seconds, one per send both answered by the fake and seen committed
+    unmatched: int  # acknowledged rows with no answer or no commit seen
+    interval: float  # the watch's poll interval
+    mean_poll: float
+    cpu: CpuMeter
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def lag_phase(
+    args: argparse.Namespace, folder: Path, api_base: str, http: aiohttp.ClientSession
+) -> Lag:
+    """`leadline run` (a subprocess, SQLite) with one Telegram bot on the fake and its limit
+    lifted; this process posts sends to its API and watches the database for their
+    outcomes; the fake says when it answered each."""
+    from bench.ingest import BROKER, LEADLINE, leadline_env, wait_until_up
+
+    home = folder / "lag"
+    home.mkdir()
+    database = home / "leadline.db"
+    (home / "brokers.toml").write_text(
+        LAG_TOML.format(broker=BROKER, api_base=api_base, per_second=LIFTED)
+    )
+    leads = await lag_leads(database, BROKER, args.lag_leads)
+    port = free_port()
+    env = leadline_env(home, database, port) | {
+        "BENCH_TOKEN": BOTS["lag"],
+        "BENCH_API_KEY": LAG_API_KEY,
+    }
+    log_path = home / "leadline.log"
+    process = spawn([LEADLINE, "run"], env, home, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_up(base, process, log_path, leadline=True)
+        before = await fetch_sends(http, api_base, "lag")
+        offered = round(args.lag_rate * args.lag_seconds)
+        print(f"lag: {offered} API sends at {args.lag_rate:g}/s to {len(leads)} leads", flush=True)
+        interval = args.lag_poll_ms / 1000
+        with CommitWatch(database, interval) as watch, CpuMeter(process.pid) as cpu:
+            load = await api_load(http, base, leads, args)
+            deadline = time.monotonic() + PHASE_BUDGET
+            while time.monotonic() < deadline:
+                if set(load.acked) <= watch.seen.copy().keys():  # the watch's thread adds
+                    break
+                await asyncio.sleep(POLL_SECONDS)
+        answered = await fetch_sends(http, api_base, "lag")
+    finally:
+        await asyncio.to_thread(stop, process)
+    at = dict(list(answered.items())[len(before) :])
+    lags = [watch.seen[key] - at[key] for key in load.acked if key in at and key in watch.seen]
+    unmatched = len(load.acked) - len(lags)
+    return Lag(load, lags, unmatched, interval, watch.mean_poll, cpu)
+
+
+async def lag_leads(database: Path, broker_id: str, count: int) -> list[tuple[int, str]]:
+    """A migrated database with the broker and `count` leads, each with its own chat."""
+    engine = make_engine(f"sqlite+aiosqlite:///{database}")
+    try:
+        await upgrade(engine)
+        sessions = make_session_factory(engine)
+        chats = chat_ids("lag", 0, count)
+        people = [ChannelIdentity(broker_id, "telegram", chat) for chat in chats]
+        async with sessions() as session, session.begin():
+            await upsert_brokers(session, [BrokerRecord(broker_id, "Bench lag", "UTC")])
+            found = await resolve_leads(session, people)
+        return [(found[identity_of(who)], who.channel_user_id) for who in people]
+    finally:
+        await engine.dispose()
+
+
+async def fetch_sends(
+    http: aiohttp.ClientSession, api_base: str, phase: str
+) -> dict[tuple[str, str], float]:
+    """(chat, text) -> when the fake answered that sendMessage, in answer order."""
+    async with http.get(f"{api_base}/bench/sends/{phase}") as response:
+        response.raise_for_status()
+        found = await response.json()
+    answered = zip(found["chat_ids"], found["texts"], found["at"], strict=True)
+    return {(str(chat), text): at for chat, text, at in answered}
+
+
+def report_lag(lag: Lag) -> list[str]:
+    """The lag's lines of the report; notes for the end."""
+    load, lags = lag.load, lag.lags
+    failures = ", ".join(f"{n} {why}" for why, n in load.failures.most_common()) or "none"
+    print()
+    print(
+        f"lag: {len(load.acked)} sends queued through POST /api/v1 (202) in {load.wall:.1f} s, "
+        f"failures: {failures}; API p50 {percentile(load.latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(load.latencies, 0.99) * 1000:.1f} ms"
+    )
+    print(
+        f"  answer-to-commit (the fake's answer to the first poll of another connection that "
+        f"saw the outcome; polls every {lag.interval * 1000:g} ms, {lag.mean_poll * 1000:.2f} ms "
+        f"each): n {len(lags)}, p50 {percentile(lags, 0.5) * 1000:.1f} ms, "
+        f"p90 {percentile(lags, 0.9) * 1000:.1f} ms, p99 {percentile(lags, 0.99) * 1000:.1f} ms, "
+        f"max {max(lags, default=float('nan')) * 1000:.1f} ms; "
+        f"{sum(1 for x in lags if x > LAG_SLOW)} above {LAG_SLOW * 1000:.0f} ms"
+    )
+    print(
+        f"  cpu, % of one core: leadline {lag.cpu.server:.0f}%, this process "
+        f"{lag.cpu.client:.0f}%, the rest {lag.cpu.others:.0f}%"
+    )
+    notes = []
+    if lag.unmatched:
+        notes.append(f"  note: {lag.unmatched} acknowledged sends had no answer or no commit seen")
+    return notes
+
+
 # --- the report -----------------------------------------------------------------------
 
 
@@ -465,6 +725,7 @@ class Results:
     queued_rate: int = 0
     rate: Run | None = None
     rate_arrivals: Arrivals | None = None
+    lag: Lag | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -501,6 +762,12 @@ def exactly_once(queued: int, result: Tally | None, arrivals: Arrivals | None) -
 
 def report(args: argparse.Namespace, results: Results) -> None:
     r = results
+    if args.lag_only:
+        if r.lag is not None:
+            r.notes.extend(report_lag(r.lag))
+        for note in r.notes:
+            print(note)
+        return
     print()
     print(
         "outbound delivery, Telegram sendMessage to a fake Bot API in its own process "
@@ -610,6 +877,8 @@ def report(args: argparse.Namespace, results: Results) -> None:
                 "the rate over the window is not meaningful"
             )
         r.notes.extend(disturbed("the rate phase", r.rate.cpu))
+    if r.lag is not None:
+        r.notes.extend(report_lag(r.lag))
     for note in r.notes:
         print(note)
 
@@ -655,9 +924,12 @@ async def bench(args: argparse.Namespace, folder: Path, results: Results) -> Non
         # in this same process, runs with it too.
         tune_gc()
         async with aiohttp.ClientSession() as http:
-            await engine_phase(args, folder, api_base, process.pid, http, results)
-            await naive_phase(args, folder, api_base, process.pid, http, results)
-            await rate_phase(args, folder, api_base, process.pid, http, results)
+            if not args.lag_only:
+                await engine_phase(args, folder, api_base, process.pid, http, results)
+                await naive_phase(args, folder, api_base, process.pid, http, results)
+                await rate_phase(args, folder, api_base, process.pid, http, results)
+            if args.lag_seconds > 0:
+                results.lag = await lag_phase(args, folder, api_base, http)
     finally:
         # Off the loop: nothing here needs the loop any more, but stop() waits.
         await asyncio.to_thread(stop, process)
@@ -754,6 +1026,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-messages", type=int, default=1000, help="naive phase rows")
     parser.add_argument("--rate-seconds", type=float, default=20.0, help="rate phase window")
     parser.add_argument("--warmup", type=int, default=500, help="engine rows sent before phase 1")
+    parser.add_argument("--lag-seconds", type=float, default=10.0, help="lag phase API load")
+    parser.add_argument("--lag-rate", type=float, default=300.0, help="API sends/s offered")
+    parser.add_argument("--lag-leads", type=int, default=1000, help="leads the API sends to")
+    parser.add_argument("--lag-concurrency", type=int, default=64, help="API requests at once")
+    parser.add_argument("--lag-poll-ms", type=float, default=1.0, help="commit watch interval")
+    parser.add_argument("--lag-only", action="store_true", help="run the lag phase alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     parser.add_argument("--profile", type=Path, help="write this process's cProfile of phase 1")
     parser.add_argument("--serve-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -762,6 +1040,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--messages, --naive-messages and --rate-seconds must be positive")
     if args.warmup < 0:
         parser.error("--warmup must be 0 or more")
+    if args.lag_seconds < 0 or args.lag_rate <= 0 or args.lag_leads < 1:
+        parser.error("--lag-seconds must be 0 or more, --lag-rate and --lag-leads positive")
+    if args.lag_concurrency < 1 or args.lag_poll_ms <= 0:
+        parser.error("--lag-concurrency and --lag-poll-ms must be positive")
     return args
 
 

@@ -130,7 +130,7 @@ async def test_on_sqlite_an_outcome_commits_before_the_writers_queued_behind_a_l
     await asyncio.wait_for(asyncio.gather(*writers), TIMEOUT)
     # Every writer that was waiting when the outcome came found it committed.
     assert seen == {f"api-{n}": "sent" for n in range(1, QUEUED_WRITERS + 1)}
-    assert held.answered == [str(message_id)]
+    assert held.answered[0] == str(message_id)  # the API writers' rows may follow
 
 
 @pytest.mark.postgres
