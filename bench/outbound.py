@@ -22,6 +22,10 @@ own broker and bot, and the real engine: `Channels` with the Telegram adapter
    times at the fake (what Telegram would count): arrivals in the first
    --rate-seconds from the first one / --rate-seconds, (n - 1) / (last - first),
    and the most arrivals in any 1 s window.
+4. lag: `leadline run` (SQLite, its own bot, the limit lifted) gets sends through
+   POST /api/v1 at --lag-rate for --lag-seconds; a connection of this process polls
+   the database every --lag-poll-ms; each send's lag is from the fake's answer to the
+   first poll that saw its outcome: p50/p90/p99/max (--lag-only: this phase alone).
 
 CPU of this process (the engine, with a poll of the database every 50 ms), of
 the fake and of the rest of the machine comes from /proc per phase. Targets
