@@ -54,6 +54,9 @@ MAX_DEPTH = 64  # JSON levels kept in metadata; real payloads nest fewer than 10
 CUT = f"[cut: nested deeper than {MAX_DEPTH} levels]"
 # About 3,900 digits: Python refuses to write an int of more than 4,300 as text.
 MAX_INT_BITS = 13_000
+# Containers one value may hold: a 1 MiB body holds fewer (350,000 `[]`). A plugin's
+# value that holds itself (no JSON can) would double at every level to MAX_DEPTH.
+MAX_CONTAINERS = 500_000
 REPLACEMENT = "\ufffd"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NOT_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -101,8 +104,12 @@ def clean_json(value: Any, field: str) -> Any:
     root: list[Any] = [None]
     pending: deque[tuple[Any, Any, Any, int]] = deque()
     root[0] = _scalar_or_defer(value, root, 0, 0, pending, field)
+    containers = 0
     while pending:
         target, key, item, depth = pending.popleft()
+        containers += 1
+        if containers > MAX_CONTAINERS:
+            raise EventRejected(f"{field} holds more than {MAX_CONTAINERS} objects and lists")
         if depth >= MAX_DEPTH:
             target[key] = CUT
             continue

@@ -20,6 +20,7 @@ from leadline.adapters.base import (
     StatusUpdate,
     StatusWatermark,
 )
+from leadline.runtime import sanitize
 from leadline.runtime.sanitize import (
     CUT,
     FULL_IDS,
@@ -217,3 +218,14 @@ def test_a_plugins_odd_values_are_refused_never_raised_as_something_else(event: 
     """Anything but EventRejected would reach the webhook as a database failure (503)."""
     with pytest.raises(EventRejected):
         clean_events([event])
+
+
+def test_a_value_that_holds_itself_is_refused_not_walked_forever(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """No JSON can hold itself, but a plugin's dict can: twice per level is 2**64 copies."""
+    monkeypatch.setattr(sanitize, "MAX_CONTAINERS", 10_000)  # the same walk, sooner
+    loop: dict[str, Any] = {}
+    loop["a"] = loop["b"] = loop
+    with pytest.raises(EventRejected, match="metadata holds more than 10000"):
+        clean_events([InboundMessage("m1", "u1", metadata=loop)])
