@@ -5,9 +5,12 @@ lead wrote. Deciding, queueing the replies and marking the message handled is on
 transaction: after a crash, what was not handled is handled at the next start, and
 nothing is answered twice.
 
-A broker's responder (runtime/responder.py) may be slow, so it is asked before that
-transaction, outside it, about messages not yet claimed; the transaction then claims
-exactly those. A crash in between only means the responder is asked again.
+A broker's responder (runtime/responder.py) may be slow, and a new lead's profile
+may be a moment away (runtime/profiles.py), so both are awaited before that
+transaction, outside it, for the messages peeked then; the transaction then claims
+exactly those, if no other process did meanwhile. Messages stored during the wait
+are left for the next batch, which waits for their own leads' profiles. A crash in
+between only means the responder is asked again.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class ReplyWorker:
         on_queued: Callable[[], None],
         on_handled: Callable[[Sequence[Unhandled]], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
-        introduce: Callable[[Collection[tuple[str, str]]], Awaitable[None]] | None = None,
+        introduce: Callable[[Collection[tuple[int, str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._brokers = brokers
@@ -101,41 +104,47 @@ class ReplyWorker:
         """Handle every unhandled inbound message; returns how many were handled."""
         handled = 0
         while not self._stopping:
-            claimed, queued = await self._handle_next()
+            claimed, queued, taken = await self._handle_next()
             if queued:
                 self._on_queued()
             if claimed and self._on_handled is not None:
                 self._on_handled(claimed)
             handled += len(claimed)
-            # A short batch took every row there was: rows stored later wake us again.
-            if len(claimed) < BATCH:
+            # A short batch saw every row there was: rows stored later wake us again.
+            if taken < BATCH:
                 return handled
         return handled
 
-    async def _handle_next(self) -> tuple[list[Unhandled], bool]:
+    async def _handle_next(self) -> tuple[list[Unhandled], bool, int]:
         """Claim the next batch and run the rules on it, in one transaction; returns
-        the rows claimed and whether replies were queued.
+        the rows claimed, whether replies were queued, and how many rows were taken
+        up (peeked or claimed: fewer than BATCH when no more were there).
 
         Only rows this worker claims are answered, so two processes never answer
         the same message.
         """
-        ids: list[int] | None = None
+        peeked: list[Unhandled] | None = None
         answers: dict[int, str] = {}
         if self._responders or self._introduce:
             async with self._sessions() as session:
                 peeked = await peek_unhandled(session, BATCH)
+            if not peeked:
+                return [], False, 0
             await self._introduce_leads(peeked)
             if self._responders:
-                ids = [m.id for m in peeked]
                 answers = await self._ask_responders(peeked)
         async with self._sessions() as session, session.begin():
-            if ids is None:
+            if peeked is None:
                 mine = await claim_unhandled(session, BATCH)
             else:
-                mine = await claim_ids(session, ids)
+                # Only what was waited for: a row stored meanwhile waits for its own
+                # lead's profile in the next batch. Rows another process took
+                # meanwhile are not returned.
+                mine = await claim_ids(session, [m.id for m in peeked])
+            taken = len(mine) if peeked is None else len(peeked)
             answering = [m for m in mine if self._answers(m.broker_id)]
             if not answering:
-                return mine, False
+                return mine, False, taken
             now = self._clock()
             facts = await reply_facts.gather(session, self._brokers, answering, now)
             queued = False
@@ -145,15 +154,18 @@ class ReplyWorker:
                     await enqueue(session, _reply_row(message, reply, now))
                     facts.replied(message, reply)
                     queued = True
-        return mine, queued
+        return mine, queued, taken
 
     async def _introduce_leads(self, messages: Sequence[Unhandled]) -> None:
-        """A moment for the leads of these messages to be named from their profiles."""
-        if self._introduce is None or not messages:
+        """A moment for the leads about to be answered to be named from their profiles."""
+        leads = {
+            (m.lead_id, m.broker_id, m.provider) for m in messages if self._answers(m.broker_id)
+        }
+        if self._introduce is None or not leads:
             return
-        channels = {(m.broker_id, m.provider) for m in messages}
+        log.debug("waiting for the profiles of leads %s", sorted({lead for lead, *_ in leads}))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._introduce(channels), INTRODUCE_SECONDS)
+            await asyncio.wait_for(self._introduce(leads), INTRODUCE_SECONDS)
 
     async def _ask_responders(self, messages: Sequence[Unhandled]) -> dict[int, str]:
         """The responders' answers, by message id; only for brokers that answer."""

@@ -38,11 +38,14 @@ async def nameless(
     channels: Collection[tuple[str, str]],
     since: datetime,
     after_lead: int,
-    limit: int,
+    limit: int | None,
+    *,
+    leads: Collection[int] | None = None,
 ) -> list[Nameless]:
     """Chat users on these (broker, provider) channels whose lead, created since `since`
-    and after lead id `after_lead`, has no name and was not found profileless there."""
-    if not channels:
+    and after lead id `after_lead` (and one of `leads`, when given), has no name and was
+    not found profileless there."""
+    if not channels or (leads is not None and not leads):
         return []
     on_channel = sa.tuple_(col(LeadChannel.broker_id), col(LeadChannel.provider)).in_(
         list(channels)
@@ -65,6 +68,8 @@ async def nameless(
         .order_by(col(Lead.id), col(LeadChannel.id))
         .limit(limit)
     )
+    if leads is not None:
+        query = query.where(col(Lead.id).in_(list(leads)))
     found = []
     for lead_id, broker_id, provider, user, metadata in (await session.exec(query)).all():
         if provider not in (metadata or {}).get(NO_PROFILE, []):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from leadline.adapters.base import AdapterError, Profile
+from leadline.runtime import replies
 from leadline.runtime.profiles import ProfileFinder
 from leadline.storage.engine import make_session_factory
 from leadline.storage.profiles import Nameless, name_lead
@@ -21,6 +23,7 @@ from tests.helpers import rows
 from tests.test_messenger_instagram_webhooks import IGSID, PSID, Meta, fresh, post, start
 
 meta_fakes = webhooks.graph  # the `graph` fixture: both Meta hosts faked, on loopback
+OTHER_PSID = "2345678901234567"  # a second Messenger user of the demo Page
 
 
 async def lead_of(app: AppHarness, provider: str, user: str) -> dict[str, Any] | None:
@@ -179,8 +182,11 @@ async def _reads(fakes: Meta, n: int) -> bool:
 
 
 async def test_a_new_leads_welcome_greets_it_by_the_name_its_profile_gives(
-    make_app: AppFactory, meta_fakes: Meta
+    make_app: AppFactory, meta_fakes: Meta, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The welcome waits for the profile, not for the clock: on a busy machine the
+    # 2 s could run out before the profile's (instant) answer is recorded.
+    monkeypatch.setattr(replies, "INTRODUCE_SECONDS", 60.0)
     meta_fakes.demo.add_profile(PSID, first_name="Ana", last_name="García")
     app = await start(make_app, meta_fakes)
     await post(app, fresh("messenger_text.json"), "messenger")
@@ -207,3 +213,86 @@ async def test_a_profile_that_does_not_answer_delays_the_welcome_two_seconds_at_
     await wait_for(welcomed, timeout=10)
     assert asyncio.get_running_loop().time() - started < 5
     assert meta_fakes.demo.sent[0].text == "Hi there! Thanks for writing to Demo Realty."
+
+
+def from_user(user: str) -> Any:
+    """A fresh Messenger text from another user of the demo Page."""
+    payload = fresh("messenger_text.json")
+    item = payload["entry"][0]["messaging"][0]
+    item["sender"]["id"] = user
+    item["message"]["mid"] += f"-{user}"
+    return payload
+
+
+async def _waiting_for_profiles(caplog: pytest.LogCaptureFixture) -> bool:
+    """The reply worker has peeked a message and waits for its lead's profile."""
+    return any(
+        r.name == replies.__name__ and r.getMessage().startswith("waiting for the profiles")
+        for r in caplog.records
+    )
+
+
+def welcome_to(fakes: Meta, user: str) -> str | None:
+    texts = [m.text for m in fakes.demo.sent if m.recipient == user]
+    return texts[0] if texts else None
+
+
+async def test_a_lead_writing_while_anothers_profile_is_awaited_gets_a_welcome_by_its_own_name(
+    make_app: AppFactory,
+    meta_fakes: Meta,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(replies, "INTRODUCE_SECONDS", 60.0)  # the wait ends when Ana's does
+    caplog.set_level(logging.DEBUG, logger=replies.__name__)
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    meta_fakes.demo.add_profile(OTHER_PSID, first_name="Bruno")
+    held = meta_fakes.demo.hold_profile(PSID)
+    app = await start(make_app, meta_fakes)
+    try:
+        assert (await post(app, fresh("messenger_text.json"), "messenger")).status == 200
+        await wait_for(lambda: _waiting_for_profiles(caplog), timeout=30)
+        # Bruno writes while the worker waits for Ana's profile; his message is stored.
+        assert (await post(app, from_user(OTHER_PSID), "messenger")).status == 200
+        held.set()  # Ana's profile answers: her wait ends
+
+        async def both_welcomed() -> bool:
+            return len(meta_fakes.demo.sent) == 2
+
+        await wait_for(both_welcomed, timeout=30)
+    finally:
+        held.set()
+    assert welcome_to(meta_fakes, PSID) == "Hi Ana! Thanks for writing to Demo Realty."
+    # Not decided with Ana's: his own wait saw his own profile.
+    assert welcome_to(meta_fakes, OTHER_PSID) == "Hi Bruno! Thanks for writing to Demo Realty."
+
+
+async def test_a_profile_that_never_answers_holds_up_no_other_leads_welcome(
+    make_app: AppFactory,
+    meta_fakes: Meta,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Long enough for Bruno's own read on a busy machine; Ana's wait runs all of it out.
+    monkeypatch.setattr(replies, "INTRODUCE_SECONDS", 4.0)
+    caplog.set_level(logging.DEBUG, logger=replies.__name__)
+    meta_fakes.demo.add_profile(PSID, first_name="Ana")
+    meta_fakes.demo.add_profile(OTHER_PSID, first_name="Bruno")
+    held = meta_fakes.demo.hold_profile(PSID)  # Ana's profile read hangs
+    app = await start(make_app, meta_fakes)
+    try:
+        await post(app, fresh("messenger_text.json"), "messenger")
+        await wait_for(lambda: _waiting_for_profiles(caplog), timeout=30)
+        await post(app, from_user(OTHER_PSID), "messenger")
+
+        async def both_welcomed() -> bool:
+            return len(meta_fakes.demo.sent) == 2
+
+        await wait_for(both_welcomed, timeout=30)
+        assert await named(app, "messenger", PSID) is None  # still unanswered
+    finally:
+        held.set()
+    assert welcome_to(meta_fakes, PSID) == "Hi there! Thanks for writing to Demo Realty."
+    # Read at once, beside Ana's hanging read, not after it.
+    assert welcome_to(meta_fakes, OTHER_PSID) == "Hi Bruno! Thanks for writing to Demo Realty."
+    assert profile_reads(meta_fakes.facebook, OTHER_PSID) == 1

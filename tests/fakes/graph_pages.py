@@ -11,7 +11,8 @@ PROVIDERS.md §2, §4 and §5 and the `messenger_*` and `instagram_*` fixtures:
   Instagram account's `{id, username, user_id}` (the `fields` query is ignored);
 - `GET /<version>/<USER ID>?fields=...` (User Profile API) answers a chat user's profile,
   the fields asked for that it holds and `id` (`page.add_profile`), or error 2018218 "No
-  profile available for this user." for a user added without one;
+  profile available for this user." for a user added without one; `page.hold_profile`
+  keeps one user's reads unanswered until the test lets them go;
 - `GET|POST /<version>/<ID>/subscribed_apps` reads or sets the app's webhook fields;
 - `GET /<version>/app` answers `{id, name}` of the app any known token belongs to.
 
@@ -230,6 +231,7 @@ class FakePage:
         # Chat users' profiles by PSID or IGSID; None: the user has none to give (2018218).
         self.profiles: dict[str, dict[str, Any] | None] = {}
         self.profile_faults: list[Fault] = []
+        self.profile_holds: dict[str, asyncio.Event] = {}  # see hold_profile
         # Runs after a send is accepted and before its answer goes back: a test may
         # deliver the echo or delivery webhook from here.
         self.before_answer: Callable[[SentPageMessage], Awaitable[None]] | None = None
@@ -269,6 +271,12 @@ class FakePage:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         self.profile_faults.append(Fault(kind, count, delay=delay))
+
+    def hold_profile(self, user_id: str) -> asyncio.Event:
+        """Keep reads of this user's profile unanswered until the returned event is set;
+        other users' profiles answer as usual."""
+        held = self.profile_holds[user_id] = asyncio.Event()
+        return held
 
     def expire_token(self) -> None:
         """From now on every call with this token answers 190 (session expired)."""
@@ -408,6 +416,8 @@ class PageRoutes:
             fault = _take(holder.profile_faults, None)
             if fault is not None:
                 await _apply_fault(request, fault, PAGE_ERRORS)
+            if user in holder.profile_holds:
+                await holder.profile_holds[user].wait()
             profile = holder.profiles[user]
             if profile is None:
                 raise GraphError(PAGE_ERRORS["2018218"])
