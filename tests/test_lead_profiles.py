@@ -202,16 +202,19 @@ async def test_a_profile_that_does_not_answer_delays_the_welcome_two_seconds_at_
     make_app: AppFactory, meta_fakes: Meta
 ) -> None:
     meta_fakes.demo.add_profile(PSID, first_name="Ana")
-    meta_fakes.demo.fail_next_profile("slow", delay=6)  # the profile read hangs
+    held = meta_fakes.demo.hold_profile(PSID)  # the profile read hangs
     app = await start(make_app, meta_fakes)
     started = asyncio.get_running_loop().time()
-    await post(app, fresh("messenger_text.json"), "messenger")
+    try:
+        await post(app, fresh("messenger_text.json"), "messenger")
 
-    async def welcomed() -> bool:
-        return bool(meta_fakes.demo.sent)
+        async def welcomed() -> bool:
+            return bool(meta_fakes.demo.sent)
 
-    await wait_for(welcomed, timeout=10)
-    assert asyncio.get_running_loop().time() - started < 5
+        await wait_for(welcomed, timeout=10)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        held.set()
     assert meta_fakes.demo.sent[0].text == "Hi there! Thanks for writing to Demo Realty."
 
 
