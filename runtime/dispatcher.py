@@ -43,7 +43,7 @@ from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
 from leadline.runtime.ratelimit import Gates, configured_limits
 from leadline.runtime.retry import RetryPolicy
-from leadline.runtime.sanitize import UNREACHABLE_USER, is_digest
+from leadline.runtime.sanitize import FULL_IDS, UNREACHABLE_USER, is_digest, sent_ids
 from leadline.storage import crm_events
 from leadline.storage.conversation import answered_by_human
 from leadline.storage.engine import ReservedSessions, urgent_writes
@@ -302,8 +302,10 @@ class Dispatcher:
             return await self._retry(row, RetryableSendError(_error_text(exc, None)))
         metadata = {**row.provider_metadata, **result.metadata} if result.metadata else None
         echoed_on = channel.key if adapter.capabilities.echoes else None
-        parts = tuple(result.parts)
-        return Sent(row.id, result.channel_message_id, result.status, metadata, echoed_on, parts)
+        sent_id, parts, full = sent_ids(result.channel_message_id, tuple(result.parts))
+        if full:  # an id over 255 characters: kept under its digest, as statuses name it
+            metadata = {**(metadata or row.provider_metadata), FULL_IDS: full}
+        return Sent(row.id, sent_id, result.status, metadata, echoed_on, parts)
 
     async def _over_quota(self, adapter: Adapter, row: OutboxRow) -> str | None:
         """Why the provider would refuse one more message to this user now, if it would."""

@@ -85,6 +85,22 @@ def id_digest(value: str) -> str:
     return DIGEST_PREFIX + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def stored_id(value: str) -> str:
+    """The key a provider's id is stored under (a send's answer, already trusted)."""
+    return value if len(value) <= MAX_ID else id_digest(value)
+
+
+def sent_ids(message_id: str, parts: Sequence[str]) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """A send's id and its parts' ids as stored, and the full ids kept under a digest
+    (for `provider_metadata["full_ids"]`): a status naming a long id then finds the row."""
+    full: dict[str, Any] = {}
+    if len(message_id) > MAX_ID:
+        full["channel_message_id"] = message_id
+    if any(len(part) > MAX_ID for part in parts):
+        full["parts"] = list(parts)
+    return stored_id(message_id), tuple(stored_id(part) for part in parts), full
+
+
 UNREACHABLE_USER = (
     "the chat user's id is longer than 255 characters: it is stored under its sha256 "
     "digest, and the provider knows the user only by the full id"

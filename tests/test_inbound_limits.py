@@ -231,3 +231,27 @@ auto_reply = false
         [row] = await inbound(app)
         assert (row["channel_message_id"], row["message_text"]) == (id_digest(message_id), "hola")
         assert as_json(row["provider_metadata"])[FULL_IDS] == {"channel_message_id": message_id}
+
+
+async def test_a_send_answered_with_a_long_id_is_kept_under_its_digest_and_found_by_its_status(
+    make_app: AppFactory, meta: Meta
+) -> None:
+    """A provider's id over 255 characters for our own send: the row keeps its digest
+    (PostgreSQL refused the full id, so the outcome was never recorded) and a status
+    naming the full id moves it."""
+    meta.demo._wamid = lambda wa_id: LONG_WAMID  # type: ignore[method-assign]
+    app = await start(make_app, meta)
+    assert (await post(app, fresh("whatsapp_text.json"))).status == 200
+
+    async def sent() -> bool:
+        return [r["status"] for r in await outbound(app)] == ["sent"]
+
+    await wait_for(sent)
+    [reply] = await outbound(app)
+    assert reply["channel_message_id"] == id_digest(LONG_WAMID)
+    full = as_json(reply["provider_metadata"])[FULL_IDS]
+    assert full == {"channel_message_id": LONG_WAMID}
+    payload = fresh("whatsapp_status_delivered.json")
+    payload["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = LONG_WAMID
+    assert (await post(app, payload)).status == 200
+    assert (await status_of(app, reply["id"]))[0] == "delivered"
