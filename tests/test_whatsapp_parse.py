@@ -433,7 +433,9 @@ def test_a_message_without_id_or_from_is_skipped_not_raised(missing: str) -> Non
         ("wamid.\ud800", None),
     ],
 )
-def test_message_ids_are_printable_strings_of_at_most_4096_characters(message_id: Any, expected: str | None) -> None:
+def test_message_ids_are_printable_strings_of_at_most_4096_characters(
+    message_id: Any, expected: str | None
+) -> None:
     payload = load("whatsapp_text.json")
     value_of(payload)["messages"][0]["id"] = message_id
     delivery = parse_body(body(payload))
