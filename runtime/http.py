@@ -8,13 +8,19 @@ is stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
 from aiohttp import web
 
-from leadline.adapters.base import Adapter, HttpReply, PublicRoute, RequestRejected
+from leadline.adapters.base import (
+    Adapter,
+    HttpReply,
+    InboundEvent,
+    PublicRoute,
+    RequestRejected,
+)
 from leadline.adapters.registry import Registry
 from leadline.config.brokers import BrokersFile
 from leadline.config.settings import Settings
@@ -30,6 +36,7 @@ from leadline.runtime.channels import Channel, ChannelState
 from leadline.runtime.logs import Redactor
 from leadline.runtime.pipeline import PipelineStopped
 from leadline.runtime.routing import route as route_events
+from leadline.runtime.sanitize import checked_events
 from leadline.runtime.service import SERVICE, Service, open_service
 from leadline.storage.delivery_report import DeliveryCounts, delivery_counts
 from leadline.storage.types import utcnow
@@ -161,7 +168,7 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
         log.exception("broker %s: %s could not check a signature", *channel.key)
         return error(403, "signature could not be verified")
     try:
-        events = adapter.parse(request.headers, body)
+        events = checked_events(adapter.parse(request.headers, body))
     except RequestRejected as rejected:
         return error(rejected.status, rejected.reason)
     except Exception:
@@ -188,7 +195,19 @@ async def webhook_post(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("broker %s: %s delivery not stored", *channel.key)
         return error(503, "not stored; retry later")
-    return _reply(adapter.webhook_reply(events))
+    return _stored_reply(channel.key, adapter, events)
+
+
+def _stored_reply(
+    key: tuple[str, str], adapter: Adapter, events: Sequence[InboundEvent]
+) -> web.StreamResponse:
+    """The adapter's answer to a stored delivery; a plain 200 if it cannot make one,
+    since what was stored must not be delivered again."""
+    try:
+        return _reply(adapter.webhook_reply(events))
+    except Exception:
+        log.exception("broker %s: %s could not answer a stored delivery", *key)
+        return web.Response(text="ok")
 
 
 @_http_errors_as_json

@@ -215,6 +215,27 @@ def clean_event(event: InboundEvent) -> InboundEvent:
     raise EventRejected(f"unknown event type {type(event).__name__}")
 
 
+EVENT_TYPES = (
+    InboundMessage,
+    InboundEdit,
+    StatusUpdate,
+    StatusWatermark,
+    OutboundEcho,
+    ProviderNotice,
+)
+
+
+def checked_events(value: object) -> list[InboundEvent]:
+    """What an adapter's parse returned, if it is a list of events: a plugin's odd
+    return value is the delivery refused (400), never a 500 from the code routing it."""
+    if not isinstance(value, list | tuple):
+        raise EventRejected(f"the adapter's parse returned {type(value).__name__}, not a list")
+    for item in value:
+        if not isinstance(item, EVENT_TYPES):
+            raise EventRejected(f"the adapter's parse returned a {type(item).__name__}")
+    return list(value)
+
+
 def clean_events(events: Sequence[InboundEvent]) -> list[InboundEvent]:
     """Every event made storable; raises only EventRejected (the delivery is refused
     whole, 400), so an adapter's odd value is never reported as a database failure."""

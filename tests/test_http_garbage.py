@@ -1111,3 +1111,34 @@ async def test_signed_bodies_with_unstorable_strings_are_not_5xx(
             await assert_json_error(response, name)
     if known:
         raise KnownBug(known)
+
+
+@pytest.mark.parametrize(
+    ("returned", "what"),
+    [(None, "None"), ({"id": "m1"}, "a dict"), (["m1"], "a string in the list"), (42, "an int")],
+)
+async def test_a_plugin_parse_returning_no_list_of_events_is_400_not_500(
+    app: AppHarness, monkeypatch: pytest.MonkeyPatch, returned: object, what: str
+):
+    adapter = app.adapter("demo", "signed")
+    monkeypatch.setattr(adapter, "parse", lambda headers, body: returned)
+    response = await post_signed(app, b'{"messages": []}')
+    assert response.status == 400, f"{what}: {response.status} {await response.text()}"
+    await assert_json_error(response, what)
+    await assert_nothing_stored(app, what)
+
+
+async def test_a_plugin_that_cannot_answer_a_stored_delivery_still_gets_a_200(
+    app: AppHarness, monkeypatch: pytest.MonkeyPatch
+):
+    """Stored is stored: an answer the adapter fails to make must not ask for a retry."""
+    adapter = app.adapter("demo", "signed")
+
+    def broken_reply(events: object) -> object:
+        raise RuntimeError("a plugin's bug")
+
+    monkeypatch.setattr(adapter, "webhook_reply", broken_reply)
+    body = b'{"messages": [{"id": "m1", "from": "u1", "text": "fine"}]}'
+    response = await post_signed(app, body)
+    assert response.status == 200, await response.text()
+    assert [r["channel_message_id"] for r in await inbound(app)] == ["m1"]
