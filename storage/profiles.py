@@ -99,12 +99,12 @@ async def name_lead(
         .where(col(Lead.id) == who.lead_id, col(Lead.name).is_(None))
         .values(name=shown, updated_at=utcnow())
     )
+    await refresh(session, [who.lead_id])  # found by its new name and username
     return bool(named.rowcount)
 
 
 async def no_profile(session: AsyncSession, who: Nameless) -> None:
     """Record that the provider had no profile of this lead to give."""
-    await refresh(session, [who.lead_id])  # found by its new name and username
     lead = await session.get(Lead, who.lead_id, with_for_update=True)
     if lead is None:
         return
