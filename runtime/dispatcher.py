@@ -37,11 +37,12 @@ from leadline.adapters.base import (
     RateLimit,
     RecipientMoved,
     RetryableSendError,
+    SendResult,
     TemplateRef,
 )
 from leadline.runtime.batching import GroupCommit
 from leadline.runtime.channels import Channel, Channels, ChannelState
-from leadline.runtime.ratelimit import Gates, configured_limits
+from leadline.runtime.ratelimit import Gates, Pass, configured_limits
 from leadline.runtime.retry import RetryPolicy
 from leadline.runtime.sanitize import FULL_IDS, UNREACHABLE_USER, is_digest, sent_ids
 from leadline.storage import crm_events
@@ -123,7 +124,7 @@ class Dispatcher:
         self._max_wait = min(self._options.max_wait, self._options.lease.total_seconds() / 3)
         self._policy = policy or self._options.policy
         self._clock = clock
-        self._gates = gates or Gates()
+        self._gates = gates or Gates(answers=True)
         self._events_for = events_for  # brokers whose CRM hears of sends and failures
         self._on_events = on_events  # wakes the CRM sender
         self._shares = shares  # how many processes send on a channel, this one included
@@ -285,11 +286,12 @@ class Dispatcher:
         # Typing first: nothing may come between passing the limits and the send.
         if channel.broker.features.typing_indicator and adapter.capabilities.typing_indicator:
             await _show_typing(adapter, message)
-        if not await self._pass_gates(channel, row):
+        passes = await self._pass_gates(channel, row)
+        if passes is None:
             return Released(row.id)
         self._waiting.discard(row.recipient)
         try:
-            result = await adapter.send(message)
+            result = await _send_answered(adapter, message, passes)
         except PermanentSendError as exc:
             return self._failed(row, _error_text(exc, exc.code))
         except RecipientMoved as exc:
@@ -325,7 +327,7 @@ class Dispatcher:
         async with self._sessions() as session:
             return await answered_by_human(session, row.lead_id, row.created_at)
 
-    async def _pass_gates(self, channel: Channel, row: OutboxRow) -> bool:
+    async def _pass_gates(self, channel: Channel, row: OutboxRow) -> tuple[Pass, Pass] | None:
         assert channel.adapter is not None
         adapter = channel.adapter
         deadline = time.monotonic() + self._max_wait
@@ -336,9 +338,10 @@ class Dispatcher:
         # The chat must be free first (a channel slot taken while the chat still waits
         # would be lost), and both record the send at the moment it goes: a chat has
         # one sender at a time, so it is still free once the channel lets the send pass.
-        return (
-            await recipient.ready(deadline) and await whole.acquire(deadline) and recipient.take()
-        )
+        if not await recipient.ready(deadline):
+            return None
+        channel_pass = await whole.acquire(deadline)
+        return None if channel_pass is None else (channel_pass, recipient.take())
 
     def _channel_limits(self, channel: Channel) -> Sequence[RateLimit]:
         """The channel's limits, this process's share of them."""
@@ -417,6 +420,18 @@ class Dispatcher:
 
 def _sendable(channel: Channel) -> bool:
     return channel.state == ChannelState.UP and channel.adapter is not None
+
+
+async def _send_answered(
+    adapter: Adapter, message: OutboundMessage, passes: Sequence[Pass]
+) -> SendResult:
+    """The send; however it ends, the gates count it from now: the provider saw it
+    before it answered, and only a window after that may the limits' next send go."""
+    try:
+        return await adapter.send(message)
+    finally:
+        for passed in passes:
+            passed.answered()
 
 
 async def _show_typing(adapter: Adapter, message: OutboundMessage) -> None:

@@ -22,6 +22,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from leadline.adapters.base import RateLimit
 from leadline.config.brokers import RateLimitConfig
@@ -32,26 +33,70 @@ IDLE_GRACE = 0.1
 Clock = Callable[[], float]
 
 
+# How often a sender re-checks a window whose oldest send is still unanswered, and
+# when such a send counts as answered anyway (a pass its sender never reported:
+# longer than any send may take), so that a lost report cannot stop a channel.
+UNANSWERED_POLL = 0.01
+UNANSWERED_LIMIT = 120.0
+
+
+@dataclass(slots=True)
+class _Send:
+    at: float  # when it passed; once answered, when the answer came
+    answered: bool = False
+
+
 class Window:
     def __init__(self, limit: RateLimit, margin: float = MARGIN) -> None:
         # 2.5/s becomes 2 per 0.8 s: whole sends, the same average rate.
         self.size = max(1, math.floor(limit.count))
         self.span = limit.per_seconds * self.size / limit.count * (1 + margin)
-        self._starts: deque[float] = deque(maxlen=self.size)
+        self._sends: deque[_Send] = deque(maxlen=self.size)
 
     def next_free(self, now: float) -> float:
-        if len(self._starts) < self.size:
+        if len(self._sends) < self.size:
             return now
-        return self._starts[0] + self.span
+        oldest = self._sends[0]
+        # The provider saw the oldest send at some moment before its answer: only a
+        # span after the answer can the next one not share a window with it there,
+        # whatever the delays on the way.
+        if not oldest.answered and now < oldest.at + UNANSWERED_LIMIT:
+            return max(oldest.at + self.span, now + UNANSWERED_POLL)
+        return oldest.at + self.span
 
     def take(self, at: float) -> None:
-        self._starts.append(at)
+        self._sends.append(_Send(at, answered=True))
 
     def starts(self) -> tuple[float, ...]:
-        return tuple(self._starts)
+        return tuple(send.at for send in self._sends)
+
+    def sends(self) -> tuple[_Send, ...]:
+        return tuple(self._sends)
+
+    def keep(self, send: _Send) -> None:
+        self._sends.append(send)
 
     def idle(self, now: float) -> bool:
-        return not self._starts or self._starts[-1] + self.span <= now
+        if not self._sends:
+            return True
+        last = self._sends[-1]
+        answered = last.answered or now >= last.at + UNANSWERED_LIMIT
+        return answered and last.at + self.span <= now
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One send let through a gate: told when the provider answered, it counts in the
+    gate's windows from then on (see Window.next_free)."""
+
+    sends: tuple[_Send, ...]
+    clock: Callable[[], float]
+
+    def answered(self) -> None:
+        now = self.clock()
+        for send in self.sends:
+            send.at = max(send.at, now)
+            send.answered = True
 
 
 class Gate:
@@ -64,9 +109,16 @@ class Gate:
     """
 
     def __init__(
-        self, limits: Sequence[RateLimit], clock: Clock = time.monotonic, *, smooth: bool = False
+        self,
+        limits: Sequence[RateLimit],
+        clock: Clock = time.monotonic,
+        *,
+        smooth: bool = False,
+        answers: bool = False,
     ) -> None:
         self._smooth = smooth
+        # With answers, a send counts in the windows from when its Pass is answered.
+        self._answers = answers
         self._tune(limits)
         self._schedule = 0.0  # when the next evenly spaced send is due
         self._due = 0.0  # when it may go: a schedule fallen behind catches up gradually
@@ -94,11 +146,12 @@ class Gate:
     def retune(self, limits: Sequence[RateLimit]) -> None:
         """New limits from now on; the sends already made count against them, and
         senders already waiting keep their turn."""
-        starts = sorted({at for window in self._windows for at in window.starts()})
+        unique = {id(send): send for window in self._windows for send in window.sends()}
+        sends = sorted(unique.values(), key=lambda send: send.at)
         self._tune(limits)
         for window in self._windows:
-            for at in starts[-window.size :]:
-                window.take(at)
+            for send in sends[-window.size :]:
+                window.keep(send)
 
     def pause(self, seconds: float) -> None:
         """Nothing passes for `seconds` from now (a longer pause already set is kept)."""
@@ -112,10 +165,10 @@ class Gate:
         now = self._clock()
         return self._next_free(now) - now + len(self._queue) * self._pace
 
-    async def acquire(self, deadline: float) -> bool:
-        """Wait for a pass; False, with nothing taken, if it cannot come by `deadline`."""
+    async def acquire(self, deadline: float) -> Pass | None:
+        """Wait for a pass; None, with nothing taken, if it cannot come by `deadline`."""
         if self._clock() + self.delay() > deadline:
-            return False
+            return None
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
         try:
@@ -125,11 +178,10 @@ class Gate:
         finally:
             self._leave(turn)
 
-    async def _pass(self, deadline: float) -> bool:
+    async def _pass(self, deadline: float) -> Pass | None:
         if not await self.ready(deadline):
-            return False
-        self.take()
-        return True
+            return None
+        return self.take()
 
     async def ready(self, deadline: float) -> bool:
         """Wait until the limits would let a send pass, without taking it; False if that
@@ -148,7 +200,7 @@ class Gate:
             await asyncio.sleep(at - now)
             self._woken = True
 
-    def take(self) -> bool:
+    def take(self) -> Pass:
         now = self._clock()
         # A sender that found the gate free: it was idle, however briefly. Its send
         # reaches the provider later than those that follow: the loop is busy
@@ -158,8 +210,9 @@ class Gate:
         # more room (with the margin, 120 ms); a channel that never idles loses nothing.
         idle = not self._woken
         grace = IDLE_GRACE if idle and self._interval > 0 else 0.0
+        send = _Send(now + grace, answered=not self._answers)
         for window in self._windows:
-            window.take(now + grace)
+            window.keep(send)
         behind = now - self._schedule
         if idle or self._planned != self._due or not 0 <= behind <= self._catch_up:
             # After an idle, a wait for a window or a pause, or a long stall: the
@@ -168,7 +221,7 @@ class Gate:
         self._schedule += self._interval
         self._due = max(self._schedule, now + self._interval / 2)
         self._woken = False
-        return True
+        return Pass((send,), self._clock)
 
     def _leave(self, turn: asyncio.Future[None]) -> None:
         was_head = self._queue[0] is turn
@@ -203,8 +256,9 @@ def configured_limits(config: RateLimitConfig | None) -> list[RateLimit]:
 class Gates:
     """Every gate of the process: one per channel, one per recipient while it is busy."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, *, answers: bool = False) -> None:
         self._clock = clock
+        self._answers = answers
         self._channels: dict[tuple[str, str], Gate] = {}
         self._recipients: dict[tuple[str, str, str], Gate] = {}
 
@@ -214,7 +268,9 @@ class Gates:
         wanted = tuple(limits())
         gate = self._channels.get(key)
         if gate is None:
-            gate = self._channels[key] = Gate(wanted, self._clock, smooth=True)
+            gate = self._channels[key] = Gate(
+                wanted, self._clock, smooth=True, answers=self._answers
+            )
         elif gate.limits != wanted:
             gate.retune(wanted)
         return gate
@@ -224,7 +280,7 @@ class Gates:
     ) -> Gate:
         gate = self._recipients.get(key)
         if gate is None:
-            gate = self._recipients[key] = Gate(limits(), self._clock)
+            gate = self._recipients[key] = Gate(limits(), self._clock, answers=self._answers)
         return gate
 
     def paused_channels(self) -> dict[tuple[str, str], float]:

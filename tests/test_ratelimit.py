@@ -250,3 +250,39 @@ def test_a_channel_gate_woken_late_by_a_busy_loop_catches_up_by_at_most_half_an_
     # fills after it, the grace of a send that may have left late.
     lowest = 0.98 if not stall_every else 0.95
     assert rate / (1 + MARGIN) * lowest <= kept <= rate, f"{kept:.2f}/s"
+
+
+@pytest.mark.parametrize("answers", [True, False])
+@pytest.mark.parametrize("answer_takes", [0.05, 0.3, 1.5])
+def test_a_gate_that_counts_answers_keeps_the_limit_at_the_receiver_whatever_the_delays(
+    answers: bool, answer_takes: float
+):
+    """A send reaches the provider at some moment between its pass and its answer. Here
+    the worst case: one window's sends all arrive as late as they can, the next one's at
+    once. Counted from their answers, no 1 s window of arrivals holds more than the
+    limit, whatever the delay; counted from their passes (answers=False), a long
+    delay shows the provider more than the limit."""
+    rate = 10
+
+    async def scenario(clock: Callable[[], float]) -> list[float]:
+        gate = Gate([RateLimit(rate, 1.0)], clock, smooth=True, answers=answers)
+        arrivals: list[float] = []
+
+        async def send(index: int) -> None:
+            passed = await gate.acquire(clock() + 1000)
+            assert passed is not None
+            late = (index // rate) % 2 == 0
+            arrivals.append(clock() + (answer_takes if late else 0.0))
+            await asyncio.sleep(answer_takes)
+            passed.answered()
+
+        for wave in range(3):  # waves after an idle, as new chats come
+            await asyncio.gather(*(send(i) for i in range(3 * rate)))
+            await asyncio.sleep(0.5 * wave)
+        return sorted(arrivals)
+
+    busiest = most_in_any_window(in_virtual_time(scenario), 1.0)
+    if answers:
+        assert busiest <= rate, f"{busiest} arrivals within one second"
+    elif answer_takes > 1:
+        assert busiest > rate  # what counting the answers is for
